@@ -1,0 +1,287 @@
+"""``modbot-ring``: the operator CLI and the entry point of every server.
+
+Operator commands talk to the config service over HTTP, never to its database
+(``db upgrade`` excepted). Every failure ends in a non-zero exit code and exactly one
+line on stderr; ``--json`` prints machine-readable output on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from modbot_ring import InvalidGuildId, parse_guild_id
+
+from .client.config_api import ConfigApi, ConfigApiError
+from .client.flags import Flag, add_flags
+
+__all__ = ["main"]
+
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_CONFLICT = 3
+EXIT_UNAVAILABLE = 4
+
+OPERATOR_FLAGS = [
+    Flag("config-url", "MODBOT_CONFIG_URL", "http://127.0.0.1:8700", "config service base URL"),
+    Flag("token", "MODBOT_ADMIN_TOKEN", "", "admin bearer token", secret=True),
+]
+
+# server name -> (settings module holding SERVE_FLAGS, module with `run(args)`)
+SERVERS = {
+    "config": ("config_store.settings", "config_store.service"),
+    "proxy": ("router_proxy.settings", "router_proxy.server"),
+    "gateway": ("gateway_app.settings", "gateway_app.server"),
+    "discord-sim": ("gateway_app.discord_sim.settings", "gateway_app.discord_sim.server"),
+}
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "handler"):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        result = args.handler(args)
+        return int(result or 0)
+    except CliError as exc:
+        print(f"modbot-ring: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="modbot-ring",
+        description="Route Discord guilds across gateway pods: operate and serve.",
+    )
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    def operator(
+        name: str, help: str, run: Callable[[argparse.Namespace, ConfigApi], Awaitable[int]]
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        add_flags(p, OPERATOR_FLAGS)
+        p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        p.set_defaults(handler=lambda args: _run_operator(args, run))
+        return p
+
+    operator("status", "pods, guild/shard counts per pod, table version, pins", _status)
+    p = operator("route", "which pod owns a guild, and why", _route)
+    p.add_argument("guild", help="guild id")
+    p = operator("pin", "pin a guild to a pod", _pin)
+    p.add_argument("guild", help="guild id")
+    p.add_argument("pod", help="pod name")
+    p.add_argument("--reason", default="", help="why (kept in the audit log)")
+    p = operator("unpin", "remove a guild's pin", _unpin)
+    p.add_argument("guild", help="guild id")
+    operator("pods", "list pods with state and heartbeat age", _pods)
+    p = operator("drain", "stop placing ring load on a pod", _drain)
+    p.add_argument("pod", help="pod name")
+    p = operator("audit", "recent changes, newest first", _audit)
+    p.add_argument("--limit", type=int, default=20, help="how many entries (default 20)")
+
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(metavar="ACTION")
+    up = db_sub.add_parser("upgrade", help="apply schema migrations (idempotent)")
+    from .settings import DB_FLAGS
+
+    add_flags(up, DB_FLAGS)
+    up.set_defaults(handler=_db_upgrade)
+
+    serve = sub.add_parser("serve", help="run a server")
+    serve_sub = serve.add_subparsers(metavar="SERVER")
+    for name, (settings_module, server_module) in SERVERS.items():
+        flags: list[Flag] = importlib.import_module(settings_module).SERVE_FLAGS
+        sp = serve_sub.add_parser(
+            name, help=f"run the {name} server", description=f"Run the {name} server."
+        )
+        add_flags(sp, flags)
+        sp.set_defaults(handler=_serve_handler(server_module))
+    return parser
+
+
+def _serve_handler(module: str) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            server = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name == module:
+                raise CliError(f"{module} is not available in this build", EXIT_USAGE) from None
+            raise
+        return int(server.run(args) or 0)
+
+    return handler
+
+
+# -- operator commands ------------------------------------------------------------------
+
+
+def _run_operator(
+    args: argparse.Namespace, run: Callable[[argparse.Namespace, ConfigApi], Awaitable[int]]
+) -> int:
+    async def go() -> int:
+        async with ConfigApi(args.config_url, args.token) as api:
+            try:
+                return await run(args, api)
+            except ConfigApiError as exc:
+                code = {409: EXIT_CONFLICT, 0: EXIT_UNAVAILABLE, 503: EXIT_UNAVAILABLE}.get(
+                    exc.status, EXIT_ERROR
+                )
+                where = f"HTTP {exc.status}: " if exc.status else ""
+                raise CliError(f"{where}{exc.message}", code) from None
+
+    return asyncio.run(go())
+
+
+def _guild(text: str) -> int:
+    try:
+        return parse_guild_id(text)
+    except InvalidGuildId as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+
+
+def _emit(args: argparse.Namespace, data: Any, human: Callable[[], str]) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print(human())
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers], *([str(c) for c in row] for row in rows)]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:]])
+
+
+async def _status(args: argparse.Namespace, api: ConfigApi) -> int:
+    data = await api.get("/v1/status")
+
+    def human() -> str:
+        mode = (data["shard_count"] and f"{data['shard_count']} shards") or "keyed by guild id"
+        head = f"table v{data['version']}  ({data['algorithm']}, {mode})"
+        rows = [
+            (
+                p["name"],
+                p["state"],
+                p["weight"],
+                p["shards"],
+                p["pins"],
+                f"{p['ring_share'] * 100:.1f}%",
+                _age(p["heartbeat_age"]),
+            )
+            for p in data["pods"]
+        ]
+        pods = _table(["POD", "STATE", "WEIGHT", "SHARDS", "PINS", "RING", "HEARTBEAT"], rows)
+        pins = f"{data['pin_count']} pinned guilds" + (
+            f", {data['shard_pin_count']} pinned shards" if data["shard_pin_count"] else ""
+        )
+        return f"{head}\n{pods}\n{pins}"
+
+    _emit(args, data, human)
+    return 0
+
+
+async def _route(args: argparse.Namespace, api: ConfigApi) -> int:
+    data = await api.get(f"/v1/guilds/{_guild(args.guild)}/route")
+    _emit(
+        args,
+        data,
+        lambda: f"guild {data['guild_id']} -> {data['pod']} ({data['explain']})",
+    )
+    return 0
+
+
+async def _pin(args: argparse.Namespace, api: ConfigApi) -> int:
+    gid = _guild(args.guild)
+    data = await api.put(f"/v1/pins/{gid}", {"pod": args.pod, "reason": args.reason})
+    _emit(args, data, lambda: f"pinned guild {gid} to {args.pod} (table v{data['version']})")
+    return 0
+
+
+async def _unpin(args: argparse.Namespace, api: ConfigApi) -> int:
+    gid = _guild(args.guild)
+    data = await api.delete(f"/v1/pins/{gid}")
+    _emit(args, data, lambda: f"unpinned guild {gid} (table v{data['version']})")
+    return 0
+
+
+async def _pods(args: argparse.Namespace, api: ConfigApi) -> int:
+    data = await api.get("/v1/pods")
+    rows = [
+        (p["name"], p["state"], p["weight"], p["url"] or "-", _age(p["heartbeat_age"]))
+        for p in data["pods"]
+    ]
+    _emit(args, data, lambda: _table(["POD", "STATE", "WEIGHT", "URL", "HEARTBEAT"], rows))
+    return 0
+
+
+async def _drain(args: argparse.Namespace, api: ConfigApi) -> int:
+    data = await api.post(f"/v1/pods/{args.pod}/drain")
+    _emit(args, data, lambda: f"pod {args.pod} is draining (table v{data['version']})")
+    return 0
+
+
+async def _audit(args: argparse.Namespace, api: ConfigApi) -> int:
+    data = await api.get("/v1/audit", params={"limit": str(args.limit)})
+    rows = [
+        (
+            e["id"],
+            e["at"],
+            e["actor"],
+            e["action"],
+            e["outcome"],
+            e["version"] or "-",
+            json.dumps(e["detail"], sort_keys=True),
+        )
+        for e in data["entries"]
+    ]
+    _emit(
+        args,
+        data,
+        lambda: _table(["ID", "AT", "ACTOR", "ACTION", "OUTCOME", "VERSION", "DETAIL"], rows),
+    )
+    return 0
+
+
+def _age(seconds: float | None) -> str:
+    return "never" if seconds is None else f"{seconds:.1f}s ago"
+
+
+def _db_upgrade(args: argparse.Namespace) -> int:
+    from .store import StoreError, open_store
+
+    async def go() -> list[str]:
+        store = await open_store(args.database_url, schema=args.db_schema, migrate=False)
+        try:
+            return await store.migrate()
+        finally:
+            await store.close()
+
+    try:
+        applied = asyncio.run(go())
+    except StoreError as exc:
+        raise CliError(str(exc), EXIT_UNAVAILABLE) from None
+    print(
+        f"applied {len(applied)} migration(s)"
+        + (f": {', '.join(applied)}" if applied else ", schema is current")
+    )
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

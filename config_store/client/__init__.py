@@ -1,0 +1,6 @@
+"""The shared client surface of the control plane.
+
+The proxy and the gateway pods import this package and nothing else of
+``config_store``: the routing-table client, the HTTP client for the config service,
+flag handling and the observability helpers every service mounts.
+"""

@@ -1,0 +1,48 @@
+"""modbot-ring: route Discord guilds to gateway pods.
+
+Pure and dependency-free: no I/O, no imports beyond the standard library, so that
+proxies, pods, operators' tools and other projects compute the same answer locally.
+
+    >>> from modbot_ring import Pod, RoutingTable
+    >>> table = RoutingTable([Pod("gateway-0"), Pod("gateway-1")], shard_count=4)
+    >>> table.route(81384788765712384).pod in {"gateway-0", "gateway-1"}
+    True
+"""
+
+from .diff import OwnerChange, TableDiff, diff
+from .hashring import Algorithm, EmptyRingError, HashRing, key_position
+from .snowflake import MAX_SNOWFLAKE, InvalidGuildId, parse_guild_id, shard_for
+from .table import (
+    FORMAT_VERSION,
+    NoRouteError,
+    Pod,
+    PodState,
+    Route,
+    RouteReason,
+    RoutingTable,
+    TableFormatError,
+)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "MAX_SNOWFLAKE",
+    "Algorithm",
+    "EmptyRingError",
+    "HashRing",
+    "InvalidGuildId",
+    "NoRouteError",
+    "OwnerChange",
+    "Pod",
+    "PodState",
+    "Route",
+    "RouteReason",
+    "RoutingTable",
+    "TableDiff",
+    "TableFormatError",
+    "diff",
+    "key_position",
+    "parse_guild_id",
+    "shard_for",
+]
+
+__version__ = "0.1.0"
