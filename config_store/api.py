@@ -1,0 +1,539 @@
+"""The config service's ``/v1`` handlers.
+
+Each handler declares the role it needs (``admin`` for writes, ``read`` for reads);
+the auth middleware enforces it. Bodies are strict: unknown fields are a 400, so a
+typo never silently becomes a default.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from modbot_ring import InvalidGuildId, NoRouteError, parse_guild_id
+
+from .client.observability import json_error
+from .openapi import OPENAPI
+from .publisher import Snapshot, TablePublisher
+from .store import Invalid, Store, StoreError, StoreUnavailable
+
+log = logging.getLogger("modbot.config.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+MAX_BODY = 1 << 20
+MAX_LONG_POLL = 30.0
+ACTOR_HEADER = "X-Modbot-Actor"
+
+STORE_KEY: web.AppKey[Store] = web.AppKey("store", Store)
+PUBLISHER_KEY: web.AppKey[TablePublisher] = web.AppKey("publisher", TablePublisher)
+SETTINGS_KEY: web.AppKey[dict[str, Any]] = web.AppKey("settings", dict)
+METRICS_KEY: web.AppKey[ApiMetrics] = web.AppKey("metrics")
+
+
+class ApiMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "modbot_config_requests_total",
+            "API requests",
+            ["route", "method", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "modbot_config_request_seconds", "API latency", ["route"], registry=registry
+        )
+        self.conflicts = Counter(
+            "modbot_config_conflicts_total", "refused writes (409)", registry=registry
+        )
+        self.table_version = Gauge(
+            "modbot_config_table_version", "version of the served table", registry=registry
+        )
+        self.pods = Gauge("modbot_config_pods", "pods by state", ["state"], registry=registry)
+        self.redis_up = Gauge(
+            "modbot_config_redis_up", "1 when the table is cached in Redis", registry=registry
+        )
+
+
+def role(required: str) -> Callable[[Handler], Handler]:
+    def mark(handler: Handler) -> Handler:
+        handler.__modbot_role__ = required  # type: ignore[attr-defined]
+        return handler
+
+    return mark
+
+
+# -- middleware ------------------------------------------------------------------------
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    metrics = request.app[METRICS_KEY]
+    route = (
+        request.match_info.route.resource.canonical
+        if request.match_info.route.resource
+        else "unmatched"
+    )
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except StoreError as exc:
+        status = exc.status
+        if status == 409:
+            metrics.conflicts.inc()
+        return json_error(exc.status, str(exc), **({"Retry-After": "1"} if status == 503 else {}))
+    except web.HTTPRequestEntityTooLarge:
+        status = 413
+        return json_error(413, f"request body is larger than {MAX_BODY} bytes")
+    except web.HTTPException as exc:
+        status = exc.status
+        if exc.status < 400:
+            raise
+        return json_error(
+            exc.status,
+            exc.reason or "error",
+            **{k: v for k, v in exc.headers.items() if k == "Allow"},
+        )
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return json_error(500, "internal error (see the config service log)")
+    finally:
+        metrics.requests.labels(route, request.method, str(status)).inc()
+        metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    required = getattr(handler, "__modbot_role__", None)
+    if required is None:
+        return await handler(request)
+    settings = request.app[SETTINGS_KEY]
+    header = request.headers.get("Authorization", "")
+    token = header[7:] if header.startswith("Bearer ") else ""
+    admin, read = settings["admin_token"], settings["read_token"]
+    granted = bool(token) and (
+        (admin and hmac.compare_digest(token, admin))
+        or (required == "read" and read and hmac.compare_digest(token, read))
+    )
+    if not granted:
+        what = "an admin token" if required == "admin" else "a read or admin token"
+        return json_error(
+            401,
+            f"this endpoint needs {what} (Authorization: Bearer ...)",
+            **{"WWW-Authenticate": "Bearer"},
+        )
+    return await handler(request)
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _guild(request: web.Request) -> int:
+    try:
+        return parse_guild_id(request.match_info["guild_id"])
+    except InvalidGuildId as exc:
+        raise Invalid(str(exc)) from None
+
+
+def _actor(request: web.Request) -> str:
+    actor = request.headers.get(ACTOR_HEADER, "admin").strip()
+    return "".join(c for c in actor if c.isprintable())[:64] or "admin"
+
+
+def _expected_version(request: web.Request) -> int | None:
+    value = request.headers.get("If-Match")
+    if value is None:
+        return None
+    text = value.strip().removeprefix("W/").strip('"')
+    if not text.isdigit():
+        raise Invalid(f'If-Match must be a table version like "42", got {value!r}')
+    return int(text)
+
+
+async def _body(
+    request: web.Request, required: dict[str, Any], optional: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    optional = optional or {}
+    raw = await request.read()
+    if not raw:
+        data: Any = {}
+    else:
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise Invalid("request body is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise Invalid("request body must be a JSON object")
+    unknown = set(data) - set(required) - set(optional)
+    if unknown:
+        raise Invalid(f"unknown field(s): {', '.join(sorted(unknown))}")
+    missing = set(required) - set(data)
+    if missing:
+        raise Invalid(f"missing field(s): {', '.join(sorted(missing))}")
+    for name, kinds in {**required, **optional}.items():
+        if name in data and not _is(data[name], kinds):
+            raise Invalid(f"field {name!r} has the wrong type")
+    return data
+
+
+def _is(value: Any, kinds: Any) -> bool:
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    if isinstance(value, bool) and bool not in kinds:
+        return False
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        return True
+    return isinstance(value, kinds)
+
+
+async def _snapshot(request: web.Request) -> Snapshot:
+    publisher = request.app[PUBLISHER_KEY]
+    if publisher.snapshot is None:
+        await publisher.refresh()
+    assert publisher.snapshot is not None
+    return publisher.snapshot
+
+
+def _version_reply(version: int, status: int = 200, **extra: Any) -> web.Response:
+    return web.json_response(
+        {"version": version, **extra}, status=status, headers={"ETag": f'"{version}"'}
+    )
+
+
+# -- table ---------------------------------------------------------------------------------
+
+
+@role("read")
+async def get_table(request: web.Request) -> web.StreamResponse:
+    """The routing table; ``If-None-Match`` -> 304; ``?wait=N`` long-polls for a newer one."""
+    publisher = request.app[PUBLISHER_KEY]
+    snap = publisher.snapshot
+    if snap is None:
+        try:
+            snap = await publisher.refresh()
+        except StoreUnavailable:
+            snap = None
+        if snap is None:
+            raise StoreUnavailable("no routing table yet: the database has not been reachable")
+    known = request.headers.get("If-None-Match", "").strip()
+    if known == snap.etag:
+        try:
+            wait = min(float(request.query.get("wait", "0")), MAX_LONG_POLL)
+        except ValueError:
+            raise Invalid("wait must be a number of seconds") from None
+        newer = await publisher.wait_newer(snap.version, wait) if wait > 0 else None
+        if newer is None:
+            return web.Response(status=304, headers={"ETag": snap.etag})
+        snap = newer
+    return web.Response(
+        body=snap.json, content_type="application/json", headers={"ETag": snap.etag}
+    )
+
+
+@role("read")
+async def get_table_version(request: web.Request) -> web.Response:
+    snap = await _snapshot(request)
+    return _version_reply(snap.version)
+
+
+@role("read")
+async def get_route(request: web.Request) -> web.Response:
+    gid = _guild(request)
+    snap = await _snapshot(request)
+    try:
+        route = snap.table.route(gid)
+    except NoRouteError as exc:
+        return json_error(409, str(exc))
+    explain = {
+        "pin": "pinned to this pod",
+        "shard": f"shard {route.shard} is assigned to this pod",
+        "ring": f"ring placement of shard {route.shard}"
+        if route.shard is not None
+        else "ring placement of the guild id",
+    }[route.reason.value]
+    if route.migrating:
+        explain += "; migrating"
+    return web.json_response(
+        {
+            "guild_id": str(gid),
+            "pod": route.pod,
+            "reason": route.reason.value,
+            "shard": route.shard,
+            "migrating": route.migrating,
+            "epoch": route.epoch,
+            "pod_state": route.pod_state.value,
+            "url": snap.table.pods[route.pod].url,
+            "version": route.version,
+            "explain": explain,
+        }
+    )
+
+
+@role("read")
+async def get_status(request: web.Request) -> web.Response:
+    snap = await _snapshot(request)
+    table = snap.table
+    now = time.time()
+    try:
+        records = {p.name: p for p in await request.app[STORE_KEY].pods()}
+    except StoreUnavailable:
+        records = {}
+    share = table.ring.share()
+    pods = []
+    for pod in table.pods.values():
+        record = records.get(pod.name)
+        owned = (
+            0
+            if table.shard_count is None
+            else sum(1 for s in range(table.shard_count) if table.shard_owner(s) == pod.name)
+        )
+        pods.append(
+            {
+                "name": pod.name,
+                "state": pod.state.value,
+                "weight": pod.weight,
+                "url": pod.url,
+                "shards": owned,
+                "pins": len(table.pinned_to(pod.name)),
+                "ring_share": round(share.get(pod.name, 0.0), 4),
+                "heartbeat_age": None
+                if record is None or record.last_heartbeat is None
+                else round(now - record.last_heartbeat, 1),
+            }
+        )
+    return web.json_response(
+        {
+            "version": table.version,
+            "algorithm": table.algorithm.value,
+            "shard_count": table.shard_count,
+            "pods": pods,
+            "pin_count": len(table.pins),
+            "shard_pin_count": len(table.shard_pins),
+            "migrating": len(table.migrating) + len(table.migrating_shards),
+            "database": "ok" if records or not table.pods else "unreachable",
+        }
+    )
+
+
+# -- pods -----------------------------------------------------------------------------------
+
+
+@role("read")
+async def list_pods(request: web.Request) -> web.Response:
+    now = time.time()
+    pods = await request.app[STORE_KEY].pods()
+    return web.json_response({"pods": [p.to_json(now) for p in pods]})
+
+
+@role("admin")
+async def register_pod(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    body = await _body(request, {}, {"url": (str, type(None)), "weight": float})
+    url = body.get("url")
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise Invalid(f"url must be http(s)://..., got {url[:80]!r}")
+    version = await request.app[STORE_KEY].register_pod(
+        name, url, body.get("weight"), _actor(request)
+    )
+    await request.app[PUBLISHER_KEY].refresh()
+    return _version_reply(version, pod=name)
+
+
+@role("admin")
+async def heartbeat(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    body = await _body(request, {}, {"load": dict})
+    state, version = await request.app[STORE_KEY].heartbeat(name, body.get("load"))
+    return _version_reply(version, pod=name, state=state)
+
+
+def _pod_state_handler(state: str) -> Handler:
+    @role("admin")
+    async def set_state(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        store = request.app[STORE_KEY]
+        version = await store.set_pod_state(
+            name, state, _actor(request), _expected_version(request)
+        )
+        await request.app[PUBLISHER_KEY].refresh()
+        return _version_reply(version, pod=name, state=state)
+
+    return set_state
+
+
+drain_pod = _pod_state_handler("draining")
+activate_pod = _pod_state_handler("active")
+
+
+@role("admin")
+async def remove_pod(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    version = await request.app[STORE_KEY].remove_pod(
+        name, _actor(request), _expected_version(request)
+    )
+    await request.app[PUBLISHER_KEY].refresh()
+    return _version_reply(version, pod=name)
+
+
+# -- pins ------------------------------------------------------------------------------------
+
+
+@role("read")
+async def list_pins(request: web.Request) -> web.Response:
+    pod = request.query.get("pod") or None
+    try:
+        limit = min(int(request.query.get("limit", "1000")), 10_000)
+        after = int(request.query.get("after", "0"))
+    except ValueError:
+        raise Invalid("limit and after must be integers") from None
+    pins = await request.app[STORE_KEY].pins(pod, limit, after)
+    return web.json_response({"pins": pins})
+
+
+@role("read")
+async def get_pin(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[STORE_KEY].pin(_guild(request)))
+
+
+@role("admin")
+async def put_pin(request: web.Request) -> web.Response:
+    gid = _guild(request)
+    body = await _body(request, {"pod": str}, {"reason": str})
+    store = request.app[STORE_KEY]
+    version = await store.set_pins(
+        [(gid, body["pod"], body.get("reason", ""))],
+        [],
+        _actor(request),
+        _expected_version(request),
+    )
+    await request.app[PUBLISHER_KEY].refresh()
+    return _version_reply(version, guild_id=str(gid), pod=body["pod"])
+
+
+@role("admin")
+async def delete_pin(request: web.Request) -> web.Response:
+    gid = _guild(request)
+    version = await request.app[STORE_KEY].set_pins(
+        [], [gid], _actor(request), _expected_version(request)
+    )
+    await request.app[PUBLISHER_KEY].refresh()
+    return _version_reply(version, guild_id=str(gid))
+
+
+@role("admin")
+async def bulk_pins(request: web.Request) -> web.Response:
+    body = await _body(request, {}, {"set": list, "delete": list})
+    sets: list[tuple[int, str, str]] = []
+    for i, item in enumerate(body.get("set", [])):
+        if (
+            not isinstance(item, dict)
+            or set(item) - {"guild_id", "pod", "reason"}
+            or not {"guild_id", "pod"} <= set(item)
+        ):
+            raise Invalid(f"set[{i}] must be an object with guild_id, pod and optional reason")
+        if not isinstance(item["pod"], str) or not isinstance(item.get("reason", ""), str):
+            raise Invalid(f"set[{i}]: pod and reason are strings")
+        try:
+            sets.append((parse_guild_id(item["guild_id"]), item["pod"], item.get("reason", "")))
+        except InvalidGuildId as exc:
+            raise Invalid(f"set[{i}]: {exc}") from None
+    deletes = []
+    for i, value in enumerate(body.get("delete", [])):
+        try:
+            deletes.append(parse_guild_id(value))
+        except InvalidGuildId as exc:
+            raise Invalid(f"delete[{i}]: {exc}") from None
+    version = await request.app[STORE_KEY].set_pins(
+        sets, deletes, _actor(request), _expected_version(request)
+    )
+    await request.app[PUBLISHER_KEY].refresh()
+    return _version_reply(version, set=len(sets), deleted=len(deletes))
+
+
+# -- ring settings and audit ------------------------------------------------------------------
+
+
+@role("read")
+async def get_ring(request: web.Request) -> web.Response:
+    snap = await _snapshot(request)
+    return web.json_response(
+        {
+            "version": snap.version,
+            "shard_count": snap.table.shard_count,
+            "algorithm": snap.table.algorithm.value,
+        }
+    )
+
+
+@role("admin")
+async def put_ring(request: web.Request) -> web.Response:
+    body = await _body(request, {"shard_count": (int, type(None))}, {"algorithm": str})
+    store = request.app[STORE_KEY]
+    version = await store.set_ring(
+        body["shard_count"],
+        body.get("algorithm", "slots"),
+        _actor(request),
+        _expected_version(request),
+    )
+    await request.app[PUBLISHER_KEY].refresh()
+    return _version_reply(version)
+
+
+@role("read")
+async def get_audit(request: web.Request) -> web.Response:
+    try:
+        limit = max(1, min(int(request.query.get("limit", "50")), 1000))
+        before = int(request.query["before"]) if "before" in request.query else None
+    except ValueError:
+        raise Invalid("limit and before must be integers") from None
+    entries = await request.app[STORE_KEY].audit(limit, before)
+    return web.json_response(
+        {
+            "entries": [
+                {
+                    "id": e.id,
+                    "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(e.at)),
+                    "actor": e.actor,
+                    "action": e.action,
+                    "outcome": e.outcome,
+                    "version": e.version,
+                    "detail": e.detail,
+                }
+                for e in entries
+            ]
+        }
+    )
+
+
+async def openapi(_: web.Request) -> web.Response:
+    return web.json_response(OPENAPI)
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/v1/openapi.json", openapi)
+    r.add_get("/v1/status", get_status)
+    r.add_get("/v1/table", get_table)
+    r.add_get("/v1/table/version", get_table_version)
+    r.add_get("/v1/ring", get_ring)
+    r.add_put("/v1/ring", put_ring)
+    r.add_get("/v1/pods", list_pods)
+    r.add_put("/v1/pods/{name}", register_pod)
+    r.add_delete("/v1/pods/{name}", remove_pod)
+    r.add_post("/v1/pods/{name}/heartbeat", heartbeat)
+    r.add_post("/v1/pods/{name}/drain", drain_pod)
+    r.add_post("/v1/pods/{name}/activate", activate_pod)
+    r.add_get("/v1/pins", list_pins)
+    r.add_post("/v1/pins/bulk", bulk_pins)
+    r.add_get("/v1/pins/{guild_id}", get_pin)
+    r.add_put("/v1/pins/{guild_id}", put_pin)
+    r.add_delete("/v1/pins/{guild_id}", delete_pin)
+    r.add_get("/v1/guilds/{guild_id}/route", get_route)
+    r.add_get("/v1/audit", get_audit)

@@ -1,0 +1,258 @@
+"""The OpenAPI 3.1 description of ``/v1``, served at ``/v1/openapi.json``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {
+    "description": "error",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
+_VERSION = {
+    "description": "the table version after the change",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Version"}}},
+}
+_GUILD = {
+    "name": "guild_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,19}$"},
+}
+_POD = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$"},
+}
+_IF_MATCH = {
+    "name": "If-Match",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+    "description": 'compare-and-set: the table version you read, e.g. "42"; 409 if it moved on',
+}
+_READ = [{"bearer": []}]
+_ADMIN = [{"bearer": []}]
+
+
+def _op(
+    summary: str,
+    *,
+    admin: bool = False,
+    params: list[dict[str, Any]] | None = None,
+    body: dict[str, Any] | None = None,
+    ok: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "security": _ADMIN if admin else _READ,
+        "responses": {
+            "200": ok or {"description": "ok"},
+            "400": _ERROR,
+            "401": _ERROR,
+            "503": _ERROR,
+            **(extra or {}),
+        },
+    }
+    if params:
+        op["parameters"] = params
+    if body:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+        op["responses"]["413"] = _ERROR
+    return op
+
+
+def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": props,
+        "required": required or [],
+    }
+
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "modbot-ring config service",
+        "version": "1",
+        "description": 'Pods, pins and the routing table. Writes need the admin token; reads the read (or admin) token. Errors are {"error": message}.',
+    },
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {
+            "Error": _obj({"error": {"type": "string"}}, ["error"]),
+            "Version": {
+                "type": "object",
+                "properties": {"version": {"type": "integer"}},
+                "required": ["version"],
+            },
+        },
+    },
+    "paths": {
+        "/v1/status": {"get": _op("pods with shard/pin counts and ring share, table version")},
+        "/v1/table": {
+            "get": _op(
+                "the routing table (RoutingTable.to_json); ETag is the version",
+                params=[
+                    {"name": "If-None-Match", "in": "header", "schema": {"type": "string"}},
+                    {
+                        "name": "wait",
+                        "in": "query",
+                        "schema": {"type": "number", "maximum": 30},
+                        "description": "with If-None-Match: hold up to this many seconds for a newer version",
+                    },
+                ],
+                extra={"304": {"description": "not modified"}},
+            )
+        },
+        "/v1/table/version": {"get": _op("the current table version", ok=_VERSION)},
+        "/v1/ring": {
+            "get": _op("ring settings"),
+            "put": _op(
+                "change ring settings",
+                admin=True,
+                params=[_IF_MATCH],
+                body=_obj(
+                    {
+                        "shard_count": {"type": ["integer", "null"], "minimum": 1},
+                        "algorithm": {"enum": ["slots", "ketama"]},
+                    },
+                    ["shard_count"],
+                ),
+                ok=_VERSION,
+                extra={"409": _ERROR},
+            ),
+        },
+        "/v1/pods": {"get": _op("registered pods with state and heartbeat age")},
+        "/v1/pods/{name}": {
+            "put": _op(
+                "register a pod or refresh its url/weight (idempotent)",
+                admin=True,
+                params=[_POD],
+                body=_obj(
+                    {
+                        "url": {"type": ["string", "null"]},
+                        "weight": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000},
+                    }
+                ),
+                ok=_VERSION,
+            ),
+            "delete": _op(
+                "remove a pod that holds no pins",
+                admin=True,
+                params=[_POD, _IF_MATCH],
+                ok=_VERSION,
+                extra={"404": _ERROR, "409": _ERROR},
+            ),
+        },
+        "/v1/pods/{name}/heartbeat": {
+            "post": _op(
+                "liveness and load report; brings an offline pod back",
+                admin=True,
+                params=[_POD],
+                body=_obj({"load": {"type": "object"}}),
+                ok=_VERSION,
+                extra={"404": _ERROR},
+            )
+        },
+        "/v1/pods/{name}/drain": {
+            "post": _op(
+                "stop ring placement on the pod",
+                admin=True,
+                params=[_POD, _IF_MATCH],
+                ok=_VERSION,
+                extra={"404": _ERROR, "409": _ERROR},
+            )
+        },
+        "/v1/pods/{name}/activate": {
+            "post": _op(
+                "undo a drain",
+                admin=True,
+                params=[_POD, _IF_MATCH],
+                ok=_VERSION,
+                extra={"404": _ERROR, "409": _ERROR},
+            )
+        },
+        "/v1/pins": {
+            "get": _op(
+                "pins, ascending by guild id",
+                params=[
+                    {"name": "pod", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer"}},
+                    {"name": "after", "in": "query", "schema": {"type": "string"}},
+                ],
+            )
+        },
+        "/v1/pins/bulk": {
+            "post": _op(
+                "set and delete pins in one change",
+                admin=True,
+                params=[_IF_MATCH],
+                body=_obj(
+                    {
+                        "set": {
+                            "type": "array",
+                            "items": _obj(
+                                {
+                                    "guild_id": {"type": "string"},
+                                    "pod": {"type": "string"},
+                                    "reason": {"type": "string"},
+                                },
+                                ["guild_id", "pod"],
+                            ),
+                        },
+                        "delete": {"type": "array", "items": {"type": "string"}},
+                    }
+                ),
+                ok=_VERSION,
+                extra={"409": _ERROR},
+            )
+        },
+        "/v1/pins/{guild_id}": {
+            "get": _op("one pin", params=[_GUILD], extra={"404": _ERROR}),
+            "put": _op(
+                "pin a guild to a pod",
+                admin=True,
+                params=[_GUILD, _IF_MATCH],
+                body=_obj(
+                    {"pod": {"type": "string"}, "reason": {"type": "string", "maxLength": 500}},
+                    ["pod"],
+                ),
+                ok=_VERSION,
+                extra={"409": _ERROR},
+            ),
+            "delete": _op(
+                "unpin a guild",
+                admin=True,
+                params=[_GUILD, _IF_MATCH],
+                ok=_VERSION,
+                extra={"404": _ERROR, "409": _ERROR},
+            ),
+        },
+        "/v1/guilds/{guild_id}/route": {
+            "get": _op("which pod owns the guild, and why", params=[_GUILD])
+        },
+        "/v1/audit": {
+            "get": _op(
+                "audit log, newest first",
+                params=[
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "maximum": 1000},
+                    },
+                    {"name": "before", "in": "query", "schema": {"type": "integer"}},
+                ],
+            )
+        },
+        "/v1/openapi.json": {
+            "get": {
+                "summary": "this document",
+                "security": [],
+                "responses": {"200": {"description": "ok"}},
+            }
+        },
+    },
+}
