@@ -54,6 +54,21 @@ SERVE_FLAGS = [
         "Discord gateway URL (point at the simulator locally)",
     ),
     Flag(
+        "interaction-deadline",
+        "MODBOT_POD_INTERACTION_DEADLINE",
+        2.0,
+        "seconds a command may take before the pod answers 'deferred' and follows up",
+        float,
+    ),
+    Flag(
+        "identify-interval",
+        "MODBOT_IDENTIFY_INTERVAL",
+        5.0,
+        "seconds between this pod's shard IDENTIFYs (Discord: 5 / max_concurrency; 0 for the simulator)",
+        float,
+    ),
+    Flag("table-poll", "MODBOT_TABLE_POLL", 1.0, "seconds between table version polls", float),
+    Flag(
         "heartbeat-interval", "MODBOT_HEARTBEAT_INTERVAL", 5.0, "seconds between heartbeats", float
     ),
     Flag("log-level", "MODBOT_LOG_LEVEL", "info", "log level"),

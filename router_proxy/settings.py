@@ -50,5 +50,12 @@ SERVE_FLAGS = [
         float,
     ),
     Flag("poll-interval", "MODBOT_TABLE_POLL", 1.0, "seconds between table version polls", float),
+    Flag(
+        "followup-window",
+        "MODBOT_FOLLOWUP_WINDOW",
+        600.0,
+        "seconds to keep trying to deliver a deferred interaction (Discord tokens live 15 min)",
+        float,
+    ),
     Flag("log-level", "MODBOT_LOG_LEVEL", "info", "log level"),
 ]

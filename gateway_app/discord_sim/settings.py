@@ -6,7 +6,7 @@ from config_store.client.flags import Flag
 
 # A fixed, public test key: the simulator is never Discord, and tests must be able to
 # verify what it signs. Never use it for a real application.
-TEST_SIGNING_SEED = "6d6f646269742d72696e67207465737420736565642c206e6f7420736563726574"
+TEST_SIGNING_SEED = "6d6f64626f742d72696e67207465737420736565642c207075626c6963212121"
 
 SERVE_FLAGS = [
     Flag("host", "MODBOT_SIM_HOST", "127.0.0.1", "address to listen on"),

@@ -1,0 +1,156 @@
+"""A gateway pod's internal API, reached only through the proxy (bearer token).
+
+A request for a guild this pod does not own gets 421 Misdirected Request naming the
+owner it believes in, so a proxy with an older table can tell and retry.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from config_store.client.observability import json_error
+from modbot_ring import InvalidGuildId, NoRouteError, parse_guild_id
+
+from .discordpy import run_forwarded_interaction
+
+if TYPE_CHECKING:
+    from .server import Pod
+
+log = logging.getLogger("modbot.gateway.api")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+POD_KEY: web.AppKey[Pod] = web.AppKey("pod")
+OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}
+MAX_BODY = 256 * 1024
+
+
+@web.middleware
+async def internal_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path in OPEN_PATHS:
+        return await handler(request)
+    token = request.app[POD_KEY].settings.internal_token
+    header = request.headers.get("Authorization", "")
+    given = header[7:] if header.startswith("Bearer ") else ""
+    if not token or not given or not hmac.compare_digest(given, token):
+        return json_error(401, "the internal API needs the proxy's bearer token")
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return json_error(exc.status, exc.reason or "error")
+
+
+def _owned_guild(request: web.Request) -> tuple[int, web.Response | None]:
+    """The path's guild id, or a 400/421/503 response to return instead."""
+    pod = request.app[POD_KEY]
+    try:
+        gid = parse_guild_id(request.match_info["guild_id"])
+    except InvalidGuildId as exc:
+        return 0, json_error(400, str(exc))
+    return gid, pod.misdirected(gid)
+
+
+async def guild_data(request: web.Request) -> web.Response:
+    gid, refusal = _owned_guild(request)
+    if refusal is not None:
+        return refusal
+    pod = request.app[POD_KEY]
+    data = await pod.store.dashboard(gid)
+    data["pod"] = pod.name
+    data["table_version"] = pod.table_version
+    return web.json_response(data)
+
+
+async def get_settings(request: web.Request) -> web.Response:
+    gid, refusal = _owned_guild(request)
+    if refusal is not None:
+        return refusal
+    settings = await request.app[POD_KEY].store.settings(gid)
+    if settings is None:
+        return json_error(404, f"guild {gid} is not set up")
+    return web.json_response({"guild_id": str(gid), "settings": settings})
+
+
+async def put_settings(request: web.Request) -> web.Response:
+    gid, refusal = _owned_guild(request)
+    if refusal is not None:
+        return refusal
+    try:
+        body = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        return json_error(400, "request body is not valid JSON")
+    allowed = {"moderator_role", "mod_log"}
+    if not isinstance(body, dict) or set(body) - allowed or not all(isinstance(v, str) and v.isdigit() for v in body.values()):
+        return json_error(400, "settings take moderator_role and mod_log, as id strings")
+    store = request.app[POD_KEY].store
+    settings = {**(await store.settings(gid) or {}), **body}
+    await store.save_settings(gid, settings)
+    return web.json_response({"guild_id": str(gid), "settings": settings})
+
+
+async def guild_stats(request: web.Request) -> web.Response:
+    gid, refusal = _owned_guild(request)
+    if refusal is not None:
+        return refusal
+    store = request.app[POD_KEY].store
+    return web.json_response({"guild_id": str(gid), "rows": await store.row_counts(gid)})
+
+
+async def interactions(request: web.Request) -> web.Response:
+    """A verified interaction forwarded by the proxy; answers with the response body."""
+    pod = request.app[POD_KEY]
+    started = time.perf_counter()
+    try:
+        payload = json.loads(await request.read())
+    except (ValueError, UnicodeDecodeError):
+        return json_error(400, "interaction is not valid JSON")
+    if not isinstance(payload, dict) or not isinstance(payload.get("type"), int):
+        return json_error(400, "interaction must be an object with a type")
+    guild = payload.get("guild_id")
+    if guild is not None:
+        try:
+            gid = parse_guild_id(guild)
+        except InvalidGuildId as exc:
+            return json_error(400, str(exc))
+        refusal = pod.misdirected(gid)
+        if refusal is not None:
+            pod.metrics.interactions.labels("misdirected").inc()
+            return refusal
+    if not pod.commands_ready:
+        return json_error(503, "this pod's command client is not logged in yet", **{"Retry-After": "1"})
+    deferred = request.headers.get("X-Modbot-Deferred") == "1"
+    body = await run_forwarded_interaction(pod.commands, payload, pod.settings.interaction_deadline, already_deferred=deferred)
+    outcome = "deferred" if body.get("type") == 5 else "answered"
+    pod.metrics.interactions.labels(outcome).inc()
+    pod.metrics.interaction_seconds.observe(time.perf_counter() - started)
+    return web.json_response(body)
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/data/guilds/{guild_id}", guild_data)
+    r.add_post("/interactions", interactions)
+    r.add_get("/api/guilds/{guild_id}/settings", get_settings)
+    r.add_put("/api/guilds/{guild_id}/settings", put_settings)
+    r.add_get("/api/guilds/{guild_id}/stats", guild_stats)
+
+
+def misdirected_response(gid: int, owner: str | None, version: int | None) -> web.Response:
+    return web.json_response(
+        {"error": f"guild {gid} is not owned by this pod", "owner": owner, "version": version}, status=421
+    )
+
+
+def owner_or_none(table: Any, gid: int) -> str | None:
+    try:
+        return str(table.owner(gid))
+    except NoRouteError:
+        return None

@@ -1,0 +1,222 @@
+"""mod-bot on discord.py: gateway event handlers and the slash/context commands.
+
+Two clients per pod, on purpose:
+
+* :class:`GatewayClient` (``AutoShardedClient``) holds the gateway sessions for the
+  shards the routing table gives this pod; it is replaced when that set changes.
+* :class:`CommandClient` is logged in over REST only and owns the command tree.
+  Interactions arrive as HTTP (forwarded by the proxy), never over the gateway, so
+  commands keep working while gateway sessions are handed over.
+
+Both consult ``owns(guild_id)``: an event or command for a guild this pod does not own
+is never written here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import discord
+from discord import app_commands
+
+from .storage import GuildStore, MessageRow
+
+log = logging.getLogger("modbot.gateway.bot")
+
+Owns = Callable[[int], bool]
+
+NOT_SET_UP = (
+    "This server is not set up yet: an administrator can run `/setup moderator_role:<role> "
+    "mod_log:<channel>` to choose who moderates and where reports go."
+)
+
+
+class RecentEvents:
+    """Drops an event seen twice within ``ttl`` seconds (two sessions during a hand-over)."""
+
+    def __init__(self, ttl: float = 120.0, size: int = 50_000) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._seen: OrderedDict[tuple[Any, ...], float] = OrderedDict()
+
+    def first_time(self, key: tuple[Any, ...]) -> bool:
+        now = time.monotonic()
+        while self._seen and (len(self._seen) >= self.size or next(iter(self._seen.values())) < now - self.ttl):
+            self._seen.popitem(last=False)
+        if key in self._seen:
+            return False
+        self._seen[key] = now
+        return True
+
+
+class LoadMeter:
+    """Per-guild event rates as exponentially decayed counters (half-life ``half_life`` s)."""
+
+    def __init__(self, half_life: float = 60.0) -> None:
+        self.half_life = half_life
+        self._rates: dict[int, tuple[float, float]] = {}  # guild -> (value, at)
+
+    def record(self, guild_id: int, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        value, at = self._rates.get(guild_id, (0.0, now))
+        self._rates[guild_id] = (value * 0.5 ** ((now - at) / self.half_life) + 1.0, now)
+
+    def rates(self, now: float | None = None) -> dict[int, float]:
+        """Events per second, per guild."""
+        now = time.monotonic() if now is None else now
+        scale = 0.6931471805599453 / self.half_life  # ln 2 / half-life: counter -> rate
+        return {g: v * 0.5 ** ((now - at) / self.half_life) * scale for g, (v, at) in self._rates.items()}
+
+
+def gateway_intents() -> discord.Intents:
+    intents = discord.Intents.none()
+    intents.guilds = True
+    intents.guild_messages = True
+    intents.message_content = True
+    intents.moderation = True
+    intents.members = True
+    return intents
+
+
+class GatewayClient(discord.AutoShardedClient):
+    def __init__(
+        self,
+        *,
+        shard_ids: list[int],
+        shard_count: int,
+        store: GuildStore,
+        owns: Owns,
+        load: LoadMeter,
+        recent: RecentEvents,
+        identify_interval: float = 5.0,
+    ) -> None:
+        super().__init__(
+            shard_ids=shard_ids,
+            shard_count=shard_count,
+            intents=gateway_intents(),
+            max_messages=None,
+            chunk_guilds_at_startup=False,
+            member_cache_flags=discord.MemberCacheFlags.none(),
+            guild_ready_timeout=0.2,
+        )
+        self.store = store
+        self.owns = owns
+        self.load = load
+        self.recent = recent
+        self.stored = 0
+        self.skipped = 0
+        self.ready_shards: set[int] = set()
+        self.identify_interval = identify_interval
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        # Discord allows max_concurrency IDENTIFYs per 5 s (discord.py's default wait);
+        # the local simulator has no such limit, so the interval is a setting.
+        if not initial and self.identify_interval > 0:
+            await asyncio.sleep(self.identify_interval)
+
+    async def on_shard_ready(self, shard_id: int) -> None:
+        self.ready_shards.add(shard_id)
+
+    async def on_message(self, message: discord.Message) -> None:
+        guild = message.guild
+        if guild is None or message.author.bot:
+            return
+        if not self.owns(guild.id):
+            self.skipped += 1
+            return
+        content = message.content
+        self.store.message_created(
+            MessageRow(guild.id, message.id, message.channel.id, message.author.id, len(content.split()), len(content), message.created_at.timestamp())
+        )
+        self.load.record(guild.id)
+        self.stored += 1
+
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        if payload.guild_id is not None and self.owns(payload.guild_id):
+            self.store.message_deleted(payload.guild_id, payload.message_id, time.time())
+
+    async def on_member_ban(self, guild: discord.Guild, user: discord.User | discord.Member) -> None:
+        if self.owns(guild.id) and self.recent.first_time(("ban", guild.id, user.id)):
+            self.store.mod_action(guild.id, user.id, "ban", None, None, time.time())
+
+    async def on_raw_member_remove(self, payload: discord.RawMemberRemoveEvent) -> None:
+        if self.owns(payload.guild_id) and self.recent.first_time(("leave", payload.guild_id, payload.user.id)):
+            self.store.mod_action(payload.guild_id, payload.user.id, "leave", None, None, time.time())
+
+
+class CommandClient(discord.Client):
+    """REST-only client with mod-bot's commands; see :func:`build_commands`."""
+
+    def __init__(self, store: GuildStore, owns: Owns) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = True  # nothing is received (no gateway); this only silences a warning
+        super().__init__(intents=intents)
+        self.store = store
+        self.owns = owns
+        self.tree = build_commands(self, store)
+
+
+def build_commands(client: discord.Client, store: GuildStore) -> app_commands.CommandTree[Any]:
+    tree: app_commands.CommandTree[Any] = app_commands.CommandTree(client)
+
+    @tree.command(name="setup", description="Choose the moderator role and the mod-log channel")
+    @app_commands.describe(moderator_role="role whose members moderate", mod_log="channel that receives reports")
+    @app_commands.default_permissions(administrator=True)
+    @app_commands.guild_only()
+    async def setup(interaction: discord.Interaction, moderator_role: discord.Role, mod_log: app_commands.AppCommandChannel) -> None:
+        assert interaction.guild_id is not None
+        if not interaction.permissions.administrator:
+            await interaction.response.send_message("Only administrators can run `/setup`.", ephemeral=True)
+            return
+        settings = {"moderator_role": str(moderator_role.id), "mod_log": str(mod_log.id), "set_by": str(interaction.user.id)}
+        await store.save_settings(interaction.guild_id, settings)
+        await interaction.response.send_message(
+            f"Setup saved: moderators are <@&{moderator_role.id}>, reports go to <#{mod_log.id}>.", ephemeral=True
+        )
+
+    @tree.command(name="modreport", description="Reports and recent moderation actions for a user")
+    @app_commands.describe(user="the member to look up")
+    @app_commands.guild_only()
+    async def modreport(interaction: discord.Interaction, user: discord.User) -> None:
+        assert interaction.guild_id is not None
+        if await store.settings(interaction.guild_id) is None:
+            await interaction.response.send_message(NOT_SET_UP, ephemeral=True)
+            return
+        report = await store.user_report(interaction.guild_id, user.id)
+        actions = ", ".join(f"{a['type']}" + (f" ({a['reason']})" if a["reason"] else "") for a in report["recent_actions"])
+        await interaction.response.send_message(
+            f"<@{user.id}>: {report['reports']} report(s); recent actions: {actions or 'none'}.", ephemeral=True
+        )
+
+    @tree.context_menu(name="Report")
+    @app_commands.guild_only()
+    async def report(interaction: discord.Interaction, message: discord.Message) -> None:
+        assert interaction.guild_id is not None
+        settings = await store.settings(interaction.guild_id)
+        if settings is None:
+            await interaction.response.send_message(NOT_SET_UP, ephemeral=True)
+            return
+        fresh = await store.add_report(
+            interaction.guild_id, interaction.user.id, message.author.id, message.id, message.channel.id, "user report", message.content
+        )
+        if not fresh:
+            await interaction.response.send_message("You already reported this message.", ephemeral=True)
+            return
+        mod_log = client.get_partial_messageable(int(settings["mod_log"]), guild_id=interaction.guild_id)
+        await mod_log.send(
+            f"Report from <@{interaction.user.id}> about <@{message.author.id}>'s message {message.id}: {message.content[:500]}"
+        )
+        await interaction.response.send_message("Thanks: the moderators have been told.", ephemeral=True)
+
+    @tree.error
+    async def on_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+        log.warning("command failed: %s", error)
+        if not interaction.response.is_done():
+            await interaction.response.send_message(f"That did not work: {error}", ephemeral=True)
+
+    return tree

@@ -1,0 +1,251 @@
+"""A gateway pod: register, heartbeat, follow the table, hold the owned shards, serve.
+
+``modbot-ring serve gateway`` runs one; :class:`Pod` is the same thing as an object,
+for the local stack and in-process tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from config_store.client.config_api import ConfigApi, ConfigApiError
+from config_store.client.observability import add_health_routes, setup_logging
+from config_store.client.table_client import RoutingTableClient
+
+from .api import POD_KEY, MAX_BODY, add_routes, internal_auth, misdirected_response, owner_or_none
+from .bot import CommandClient, GatewayClient, LoadMeter, RecentEvents
+from .discordpy import point_at
+from .shards import ShardSupervisor
+from .storage import GuildStore
+
+log = logging.getLogger("modbot.gateway")
+
+TOP_GUILDS = 50
+
+
+@dataclass
+class PodSettings:
+    name: str
+    host: str = "127.0.0.1"
+    port: int = 8701
+    url: str = ""
+    config_url: str = "http://127.0.0.1:8700"
+    admin_token: str = ""
+    read_token: str = ""
+    redis_url: str = ""
+    redis_prefix: str = "modbot"
+    internal_token: str = ""
+    database: str = "gateway.db"
+    discord_token: str = ""
+    discord_api_url: str = "https://discord.com/api/v10"
+    discord_gateway_url: str = "wss://gateway.discord.gg/"
+    heartbeat_interval: float = 5.0
+    identify_interval: float = 5.0
+    interaction_deadline: float = 2.0
+    table_poll: float = 1.0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> PodSettings:
+        fields = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in vars(args).items() if k in fields})
+
+    @property
+    def public_url(self) -> str:
+        return self.url or f"http://{self.host}:{self.port}"
+
+
+class PodMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.interactions = Counter("modbot_gateway_interactions_total", "forwarded interactions", ["outcome"], registry=registry)
+        self.interaction_seconds = Histogram("modbot_gateway_interaction_seconds", "time to answer an interaction", registry=registry)
+        self.heartbeat_failures = Counter("modbot_gateway_heartbeat_failures_total", "heartbeats that failed", registry=registry)
+
+
+class Pod:
+    def __init__(self, settings: PodSettings) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.registry = CollectorRegistry()
+        self.metrics = PodMetrics(self.registry)
+        self.store = GuildStore(settings.database)
+        self.load = LoadMeter()
+        self.recent = RecentEvents()
+        self.table_client = RoutingTableClient(
+            redis_url=settings.redis_url,
+            redis_prefix=settings.redis_prefix,
+            config_url=settings.config_url,
+            read_token=settings.read_token or settings.admin_token,
+            poll_interval=settings.table_poll,
+        )
+        self.commands = CommandClient(self.store, self.owns)
+        self.commands_ready = False
+        self.shards = ShardSupervisor(self.name, settings.discord_token, self._gateway_client)
+        self.config = ConfigApi(settings.config_url, settings.admin_token)
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._runner: web.AppRunner | None = None
+        self._register_metrics()
+
+    # -- ownership ----------------------------------------------------------------------------
+
+    def owns(self, guild_id: int) -> bool:
+        table = self.table_client.table
+        return table is not None and owner_or_none(table, guild_id) == self.name
+
+    def misdirected(self, guild_id: int) -> web.Response | None:
+        table = self.table_client.table
+        if table is None:
+            return web.json_response({"error": "no routing table yet"}, status=503, headers={"Retry-After": "1"})
+        owner = owner_or_none(table, guild_id)
+        return None if owner == self.name else misdirected_response(guild_id, owner, table.version)
+
+    @property
+    def table_version(self) -> int | None:
+        return self.table_client.version
+
+    def _gateway_client(self, shard_ids: list[int], shard_count: int) -> GatewayClient:
+        return GatewayClient(
+            shard_ids=shard_ids,
+            shard_count=shard_count,
+            store=self.store,
+            owns=self.owns,
+            load=self.load,
+            recent=self.recent,
+            identify_interval=self.settings.identify_interval,
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[internal_auth], client_max_size=MAX_BODY)
+        app[POD_KEY] = self
+        add_routes(app)
+
+        async def ready() -> tuple[bool, dict[str, Any]]:
+            table = self.table_client.table
+            details: dict[str, Any] = {
+                "pod": self.name,
+                "commands": "ready" if self.commands_ready else "logging in",
+                "shards": self.shards.connected_shards,
+                **self.table_client.status(),
+            }
+            ok = table is not None and self.commands_ready and self.shards.converged(table)
+            return ok, details
+
+        add_health_routes(app, self.registry, ready)
+        return app
+
+    async def start(self) -> None:
+        s = self.settings
+        point_at(s.discord_api_url, s.discord_gateway_url)
+        await self.store.open()
+        self._runner = web.AppRunner(self.app(), access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, s.host, s.port).start()
+        await self._register()
+        self.table_client.subscribe(lambda table, _old: self.shards.follow(table))
+        await self.table_client.start(timeout=60)
+        assert self.table_client.table is not None
+        self.shards.follow(self.table_client.table)
+        self._tasks.append(asyncio.create_task(self._login_commands(), name="command-login"))
+        self._tasks.append(asyncio.create_task(self._heartbeats(), name="heartbeats"))
+        log.info("pod %s serving on %s", self.name, s.public_url)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.shards.stop()
+        await self.table_client.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.commands.close()
+        await self.store.close()
+        await self.config.close()
+
+    async def _login_commands(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self.commands.login(self.settings.discord_token)
+                self.commands_ready = True
+                return
+            except Exception as exc:
+                log.warning("discord login failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10)
+
+    async def _register(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self.config.put(f"/v1/pods/{self.name}", {"url": self.settings.public_url})
+                return
+            except ConfigApiError as exc:
+                if exc.status in (400, 401):
+                    raise RuntimeError(f"the config service refused to register {self.name}: {exc.message}") from None
+                log.warning("cannot register yet (%s); retrying in %.1fs", exc.message, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5)
+
+    def load_report(self) -> dict[str, Any]:
+        """Per-guild event rates: the top guilds, plus a total. Bounded in size."""
+        rates = self.load.rates()
+        top = sorted(rates.items(), key=lambda kv: kv[1], reverse=True)[:TOP_GUILDS]
+        return {
+            "events_per_s": round(sum(rates.values()), 3),
+            "guilds": {str(g): round(r, 4) for g, r in top if r > 0.0001},
+            "guild_count": len(rates),
+            "shards": self.shards.connected_shards,
+            "at": time.time(),
+        }
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.heartbeat_interval)
+            try:
+                await self.config.post(f"/v1/pods/{self.name}/heartbeat", {"load": self.load_report()})
+            except ConfigApiError as exc:
+                self.metrics.heartbeat_failures.inc()
+                if exc.status == 404:
+                    await self._register()
+                else:
+                    log.warning("heartbeat failed: %s", exc.message)
+
+    def _register_metrics(self) -> None:
+        self.table_client.register_metrics(self.registry, "modbot_gateway")
+        Gauge("modbot_gateway_shards_connected", "gateway shards ready", registry=self.registry).set_function(
+            lambda: float(len(self.shards.connected_shards))
+        )
+        Gauge("modbot_gateway_rows_written", "rows committed by the batch writer", registry=self.registry).set_function(
+            lambda: float(self.store.rows_written)
+        )
+        Gauge("modbot_gateway_events_per_second", "decayed event rate over owned guilds", registry=self.registry).set_function(
+            lambda: float(sum(self.load.rates().values()))
+        )
+
+
+async def serve(args: argparse.Namespace) -> None:
+    pod = Pod(PodSettings.from_args(args))
+    await pod.start()
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await pod.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level, f"gateway:{args.name}")
+    from config_store.runtime import run_forever
+
+    return run_forever(serve(args))

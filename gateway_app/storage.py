@@ -1,0 +1,307 @@
+"""A pod's SQLite file: mod-bot's tables, every row keyed by ``guild_id``.
+
+Writes from gateway events go through a batch writer: events are queued, and one task
+commits them in transactions of up to ``batch_size`` rows or every ``flush_interval``
+seconds, whichever comes first. That is what lets one pod persist thousands of events
+per second; ``flush()`` is the barrier tests and migrations use. Message rows are
+idempotent (primary key ``(guild_id, message_id)``), so an event seen twice while a
+shard session is handed over is stored once.
+
+Ids are SQLite INTEGERs (signed 64-bit): Discord snowflakes stay below 2**63 until 2084.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+log = logging.getLogger("modbot.gateway.storage")
+
+SCHEMA = [
+    (
+        "0001_initial",
+        """
+        CREATE TABLE guilds (
+            guild_id   INTEGER PRIMARY KEY,
+            settings   TEXT NOT NULL DEFAULT '{}',
+            updated_at REAL NOT NULL
+        );
+        CREATE TABLE message_stats (
+            guild_id   INTEGER NOT NULL,
+            message_id INTEGER NOT NULL,
+            channel_id INTEGER NOT NULL,
+            author_id  INTEGER NOT NULL,
+            word_count INTEGER NOT NULL,
+            char_count INTEGER NOT NULL,
+            sent_at    REAL NOT NULL,
+            deleted_at REAL,
+            PRIMARY KEY (guild_id, message_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX message_stats_by_time ON message_stats (guild_id, sent_at);
+        CREATE TABLE reported_messages (
+            id               INTEGER PRIMARY KEY AUTOINCREMENT,
+            guild_id         INTEGER NOT NULL,
+            reporter_id      INTEGER NOT NULL,
+            reported_user_id INTEGER NOT NULL,
+            message_id       INTEGER NOT NULL,
+            channel_id       INTEGER NOT NULL,
+            reason           TEXT NOT NULL,
+            content          TEXT NOT NULL,
+            created_at       REAL NOT NULL,
+            UNIQUE (guild_id, message_id, reporter_id)
+        );
+        CREATE INDEX reported_by_user ON reported_messages (guild_id, reported_user_id);
+        CREATE TABLE mod_actions (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            guild_id    INTEGER NOT NULL,
+            user_id     INTEGER NOT NULL,
+            action_type TEXT NOT NULL CHECK (action_type IN ('ban', 'kick', 'timeout', 'leave')),
+            executor_id INTEGER,
+            reason      TEXT,
+            duration    REAL,
+            created_at  REAL NOT NULL
+        );
+        CREATE INDEX mod_actions_by_user ON mod_actions (guild_id, user_id);
+        """,
+    ),
+]
+
+GUILD_TABLES = ("guilds", "message_stats", "reported_messages", "mod_actions")
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    guild_id: int
+    message_id: int
+    channel_id: int
+    author_id: int
+    word_count: int
+    char_count: int
+    sent_at: float
+
+
+class GuildStore:
+    def __init__(self, path: str, *, batch_size: int = 1000, flush_interval: float = 0.02) -> None:
+        self.path = path
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.db: aiosqlite.Connection | None = None
+        self._queue: asyncio.Queue[tuple[str, tuple[Any, ...]] | asyncio.Future[None]] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self.rows_written = 0
+        self.batches_written = 0
+
+    async def open(self) -> None:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.db = await aiosqlite.connect(self.path, isolation_level=None)
+        await self.db.execute("PRAGMA journal_mode=WAL")
+        await self.db.execute("PRAGMA synchronous=NORMAL")
+        await self.db.execute("PRAGMA busy_timeout=5000")
+        await self._migrate()
+        self._writer = asyncio.create_task(self._write_loop(), name="sqlite-writer")
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            await self.flush()
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+        if self.db is not None:
+            await self.db.close()
+            self.db = None
+
+    async def _migrate(self) -> None:
+        assert self.db is not None
+        await self.db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (id TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+        async with self.db.execute("SELECT id FROM schema_migrations") as cur:
+            done = {r[0] for r in await cur.fetchall()}
+        for name, sql in SCHEMA:
+            if name in done:
+                continue
+            await self.db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in sql.split(";"):
+                    if statement.strip():
+                        await self.db.execute(statement)
+                await self.db.execute("INSERT INTO schema_migrations VALUES (?, ?)", (name, time.time()))
+                await self.db.execute("COMMIT")
+            except BaseException:
+                await self.db.execute("ROLLBACK")
+                raise
+
+    # -- the batch writer ------------------------------------------------------------------------
+
+    def enqueue(self, sql: str, params: tuple[Any, ...]) -> None:
+        self._queue.put_nowait((sql, params))
+
+    async def flush(self) -> None:
+        """Wait until everything enqueued so far is committed."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(done)
+        await done
+
+    async def _write_loop(self) -> None:
+        assert self.db is not None
+        while True:
+            first = await self._queue.get()
+            batch: list[tuple[str, tuple[Any, ...]] | asyncio.Future[None]] = [first]
+            deadline = time.monotonic() + self.flush_interval
+            while len(batch) < self.batch_size:
+                if self._queue.empty():
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or isinstance(batch[-1], asyncio.Future):
+                        break
+                    try:
+                        batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                    except TimeoutError:
+                        break
+                else:
+                    batch.append(self._queue.get_nowait())
+            await self._commit(batch)
+
+    async def _commit(self, batch: Sequence[tuple[str, tuple[Any, ...]] | asyncio.Future[None]]) -> None:
+        assert self.db is not None
+        writes = [item for item in batch if not isinstance(item, asyncio.Future)]
+        if writes:
+            # group consecutive rows of the same statement into executemany calls
+            groups: list[tuple[str, list[tuple[Any, ...]]]] = []
+            for sql, params in writes:  # type: ignore[misc]
+                if groups and groups[-1][0] == sql:
+                    groups[-1][1].append(params)
+                else:
+                    groups.append((sql, [params]))
+            try:
+                await self.db.execute("BEGIN IMMEDIATE")
+                for sql, rows in groups:
+                    await self.db.executemany(sql, rows)
+                await self.db.execute("COMMIT")
+                self.rows_written += len(writes)
+                self.batches_written += 1
+            except Exception:
+                log.exception("batch of %d writes failed; rolled back", len(writes))
+                with contextlib.suppress(Exception):
+                    await self.db.execute("ROLLBACK")
+        for item in batch:
+            if isinstance(item, asyncio.Future) and not item.done():
+                item.set_result(None)
+
+    # -- event writes (queued) ----------------------------------------------------------------------
+
+    def message_created(self, row: MessageRow) -> None:
+        self.enqueue(
+            "INSERT OR IGNORE INTO message_stats (guild_id, message_id, channel_id, author_id, word_count, char_count, sent_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (row.guild_id, row.message_id, row.channel_id, row.author_id, row.word_count, row.char_count, row.sent_at),
+        )
+
+    def message_deleted(self, guild_id: int, message_id: int, at: float) -> None:
+        self.enqueue(
+            "UPDATE message_stats SET deleted_at = ? WHERE guild_id = ? AND message_id = ? AND deleted_at IS NULL",
+            (at, guild_id, message_id),
+        )
+
+    def mod_action(self, guild_id: int, user_id: int, action: str, executor_id: int | None, reason: str | None, at: float) -> None:
+        self.enqueue(
+            "INSERT INTO mod_actions (guild_id, user_id, action_type, executor_id, reason, duration, created_at)"
+            " VALUES (?, ?, ?, ?, ?, NULL, ?)",
+            (guild_id, user_id, action, executor_id, reason, at),
+        )
+
+    # -- direct reads and writes (commands, dashboard) ------------------------------------------------
+
+    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        assert self.db is not None
+        async with self.db.execute(sql, params) as cur:
+            return [tuple(r) for r in await cur.fetchall()]
+
+    async def settings(self, guild_id: int) -> dict[str, Any] | None:
+        rows = await self._all("SELECT settings FROM guilds WHERE guild_id = ?", (guild_id,))
+        return json.loads(rows[0][0]) if rows else None
+
+    async def save_settings(self, guild_id: int, settings: dict[str, Any]) -> None:
+        await self.flush()
+        assert self.db is not None
+        await self.db.execute(
+            "INSERT INTO guilds (guild_id, settings, updated_at) VALUES (?, ?, ?)"
+            " ON CONFLICT (guild_id) DO UPDATE SET settings = excluded.settings, updated_at = excluded.updated_at",
+            (guild_id, json.dumps(settings, sort_keys=True), time.time()),
+        )
+
+    async def add_report(
+        self, guild_id: int, reporter_id: int, reported_user_id: int, message_id: int, channel_id: int, reason: str, content: str
+    ) -> bool:
+        """Store a report; False when this reporter already reported this message."""
+        assert self.db is not None
+        cur = await self.db.execute(
+            "INSERT OR IGNORE INTO reported_messages (guild_id, reporter_id, reported_user_id, message_id, channel_id, reason, content, created_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (guild_id, reporter_id, reported_user_id, message_id, channel_id, reason, content[:2000], time.time()),
+        )
+        return bool(cur.rowcount)
+
+    async def user_report(self, guild_id: int, user_id: int) -> dict[str, Any]:
+        await self.flush()
+        reports = await self._all(
+            "SELECT count(*) FROM reported_messages WHERE guild_id = ? AND reported_user_id = ?", (guild_id, user_id)
+        )
+        actions = await self._all(
+            "SELECT action_type, reason, created_at FROM mod_actions WHERE guild_id = ? AND user_id = ? ORDER BY created_at DESC LIMIT 5",
+            (guild_id, user_id),
+        )
+        return {"reports": reports[0][0], "recent_actions": [{"type": a, "reason": r, "at": t} for a, r, t in actions]}
+
+    async def dashboard(self, guild_id: int, days: int = 30, now: float | None = None) -> dict[str, Any]:
+        """Settings and 30-day stats: what the proxy's dashboard page shows."""
+        await self.flush()
+        now = time.time() if now is None else now
+        today = int(now // 86400)
+        first_day = today - days + 1
+        per_day = dict(
+            await self._all(
+                "SELECT CAST(sent_at / 86400 AS INTEGER) AS day, count(*) FROM message_stats"
+                " WHERE guild_id = ? AND sent_at >= ? GROUP BY day",
+                (guild_id, first_day * 86400),
+            )
+        )
+        totals = await self._all(
+            "SELECT count(*), count(deleted_at), count(DISTINCT author_id) FROM message_stats WHERE guild_id = ?", (guild_id,)
+        )
+        reasons = await self._all(
+            "SELECT reason, count(*) FROM reported_messages WHERE guild_id = ? GROUP BY reason ORDER BY count(*) DESC", (guild_id,)
+        )
+        actions = await self._all(
+            "SELECT action_type, count(*) FROM mod_actions WHERE guild_id = ? GROUP BY action_type ORDER BY count(*) DESC", (guild_id,)
+        )
+        return {
+            "guild_id": str(guild_id),
+            "settings": await self.settings(guild_id),
+            "messages_per_day": [
+                {"day": time.strftime("%Y-%m-%d", time.gmtime(d * 86400)), "count": per_day.get(d, 0)}
+                for d in range(first_day, today + 1)
+            ],
+            "messages": {"total": totals[0][0], "deleted": totals[0][1], "authors": totals[0][2]},
+            "reports_by_reason": dict(reasons),
+            "mod_actions_by_type": dict(actions),
+        }
+
+    async def guild_ids(self) -> list[int]:
+        """Every guild with at least one row here."""
+        await self.flush()
+        union = " UNION ".join(f"SELECT DISTINCT guild_id FROM {t}" for t in GUILD_TABLES)
+        return sorted(r[0] for r in await self._all(union))
+
+    async def row_counts(self, guild_id: int | None = None) -> dict[str, int]:
+        await self.flush()
+        where = " WHERE guild_id = ?" if guild_id is not None else ""
+        params = (guild_id,) if guild_id is not None else ()
+        return {t: (await self._all(f"SELECT count(*) FROM {t}{where}", params))[0][0] for t in GUILD_TABLES}

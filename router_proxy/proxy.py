@@ -1,0 +1,438 @@
+"""The router proxy: every request goes to the pod that owns its guild.
+
+The owner is decided locally from the in-memory routing table (no I/O per request).
+Responses carry ``X-Modbot-Pod``, ``X-Modbot-Route`` (pin/shard/ring) and
+``X-Modbot-Table-Version``.
+
+Discord interactions (``POST /webhooks/discord``), exactly:
+
+1. body over 64 KiB -> 413; bad, missing or stale (> 5 min) signature -> 401;
+   malformed JSON -> 400; PING -> ``{"type": 1}``.
+2. The owner (or, for a DM, the default pod) gets the interaction on
+   ``POST /interactions``; its answer is returned to Discord as is.
+3. If it has not answered after ``interaction_deadline`` (2.5 s), is unreachable,
+   is offline in the table, or its circuit is open, or the guild is mid-migration, the
+   proxy answers Discord itself with a deferred ephemeral response (type 5) and keeps
+   the command: the pod's late answer is sent as an edit of that response, or the
+   interaction is delivered (marked ``X-Modbot-Deferred``) once the pod is back or the
+   migration is over, with jittered backoff for up to ``followup_window`` seconds.
+   Only if that never succeeds does the user get an ephemeral "could not be processed,
+   please retry". Never silence, never a lost command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from config_store.client.observability import json_error
+from config_store.client.table_client import RoutingTableClient
+from modbot_ring import InvalidGuildId, NoRouteError, PodState, Route, RouteReason, RoutingTable, parse_guild_id
+
+from .breaker import CircuitBreaker
+from .dashboard import render_dashboard, render_unavailable
+from .verify import SignatureError, Verifier
+
+log = logging.getLogger("modbot.proxy")
+
+MAX_WEBHOOK_BODY = 64 * 1024
+DEFERRED = {"type": 5, "data": {"flags": 64}}
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in ("Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Content-Length")
+)
+
+
+@dataclass
+class ProxySettings:
+    internal_token: str = ""
+    discord_public_key: str = ""
+    discord_api_url: str = "https://discord.com/api/v10"
+    default_pod: str = ""
+    interaction_deadline: float = 2.5
+    upstream_timeout: float = 10.0
+    followup_window: float = 600.0
+
+
+class ProxyMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter("modbot_proxy_requests_total", "requests", ["route", "pod", "status"], registry=registry)
+        self.latency = Histogram(
+            "modbot_proxy_request_seconds", "request latency", ["route"], registry=registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.upstream_errors = Counter("modbot_proxy_upstream_errors_total", "failed upstream calls", ["pod", "kind"], registry=registry)
+        self.verify_failures = Counter("modbot_proxy_webhook_verification_failures_total", "refused webhooks", ["reason"], registry=registry)
+        self.interactions = Counter("modbot_proxy_interactions_total", "interactions by outcome", ["outcome"], registry=registry)
+
+
+class Unavailable(Exception):
+    def __init__(self, why: str, retry_after: int = 2) -> None:
+        super().__init__(why)
+        self.why = why
+        self.retry_after = retry_after
+
+
+def _strip_hop_by_hop(headers: Any) -> CIMultiDict[str]:
+    connection = {t.strip().lower() for t in headers.get("Connection", "").split(",") if t.strip()}
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in connection or lower.startswith("x-modbot-"):
+            continue
+        out.add(name, value)
+    return out
+
+
+class RouterProxy:
+    def __init__(self, settings: ProxySettings, tables: RoutingTableClient, registry: CollectorRegistry) -> None:
+        self.settings = settings
+        self.tables = tables
+        self.metrics = ProxyMetrics(registry)
+        self.verifier = Verifier(settings.discord_public_key) if settings.discord_public_key else None
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.session: aiohttp.ClientSession | None = None
+        self.background: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=512, keepalive_timeout=30, ttl_dns_cache=300)
+        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None))
+
+    async def stop(self) -> None:
+        for task in list(self.background):
+            task.cancel()
+        if self.session is not None:
+            await self.session.close()
+
+    # -- routing ----------------------------------------------------------------------------
+
+    def _table(self) -> RoutingTable:
+        table = self.tables.table
+        if table is None:
+            raise Unavailable("no routing table yet", 1)
+        return table
+
+    def _breaker(self, pod: str) -> CircuitBreaker:
+        breaker = self.breakers.get(pod)
+        if breaker is None:
+            breaker = self.breakers[pod] = CircuitBreaker()
+        return breaker
+
+    def _target(self, table: RoutingTable, route: Route) -> str:
+        """The pod's base URL, or Unavailable (offline in the table, open circuit, no URL)."""
+        if route.pod_state is PodState.OFFLINE:
+            raise Unavailable(f"pod {route.pod} is offline", 5)
+        url = table.pods[route.pod].url
+        if not url:
+            raise Unavailable(f"pod {route.pod} has no URL registered", 5)
+        breaker = self._breaker(route.pod)
+        if not breaker.allow():
+            raise Unavailable(f"pod {route.pod} is failing (circuit open)", breaker.retry_after())
+        return url
+
+    def _route_headers(self, route: Route) -> dict[str, str]:
+        return {"X-Modbot-Pod": route.pod, "X-Modbot-Route": route.reason.value, "X-Modbot-Table-Version": str(route.version)}
+
+    def _outbound_headers(self, request: web.Request) -> CIMultiDict[str]:
+        headers = _strip_hop_by_hop(request.headers)
+        headers.popall("Authorization", None)
+        headers["Authorization"] = f"Bearer {self.settings.internal_token}"
+        peer = request.remote or ""
+        prior = request.headers.get("X-Forwarded-For")
+        headers["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+        headers["X-Forwarded-Proto"] = request.scheme
+        headers["X-Forwarded-Host"] = request.host
+        return headers
+
+    async def _send(
+        self, pod: str, method: str, url: str, *, headers: Any, data: Any = None, retry: bool = True, timeout: float | None = None
+    ) -> aiohttp.ClientResponse:
+        """One upstream call with a bounded, jittered retry for requests without a body."""
+        assert self.session is not None
+        breaker = self._breaker(pod)
+        attempts = 2 if retry and data is None else 1
+        for attempt in range(attempts):
+            try:
+                response = await self.session.request(
+                    method, url, headers=headers, data=data, allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=timeout or self.settings.upstream_timeout, sock_connect=1.0),
+                )
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                breaker.failure()
+                kind = "timeout" if isinstance(exc, TimeoutError) else "connect"
+                self.metrics.upstream_errors.labels(pod, kind).inc()
+                if attempt + 1 < attempts and breaker.allow():
+                    await asyncio.sleep(random.uniform(0.02, 0.1))
+                    continue
+                raise Unavailable(f"pod {pod} did not answer ({kind})", breaker.retry_after() if breaker.failures >= breaker.threshold else 2) from None
+            if response.status >= 500:
+                breaker.failure()
+                self.metrics.upstream_errors.labels(pod, "5xx").inc()
+            else:
+                breaker.success()
+            return response
+        raise AssertionError("unreachable")
+
+    # -- dashboard and API ------------------------------------------------------------------------
+
+    async def dashboard(self, request: web.Request) -> web.StreamResponse:
+        gid, route, table = self._parse_and_route(request)
+        try:
+            url = self._target(table, route)
+            async with await self._send(route.pod, "GET", f"{url}/data/guilds/{gid}", headers={"Authorization": f"Bearer {self.settings.internal_token}"}) as upstream:
+                if upstream.status == 421:  # our table is behind the pod's: catch up once
+                    await self.tables.refresh()
+                    raise Unavailable("the guild just moved; reload", 1)
+                if upstream.status != 200:
+                    raise Unavailable(f"pod {route.pod} answered {upstream.status}", 2)
+                data = await upstream.json()
+        except Unavailable as exc:
+            page = render_unavailable(gid, route.pod, exc.why, exc.retry_after)
+            return web.Response(text=page, status=503, content_type="text/html", headers={"Retry-After": str(exc.retry_after), **self._route_headers(route)})
+        html = render_dashboard(data, pod=route.pod, reason=route.reason.value, version=route.version)
+        return web.Response(text=html, content_type="text/html", headers=self._route_headers(route))
+
+    async def api(self, request: web.Request) -> web.StreamResponse:
+        gid, route, table = self._parse_and_route(request)
+        try:
+            url = self._target(table, route)
+            upstream = await self._send(
+                route.pod, request.method, f"{url}{request.rel_url}", headers=self._outbound_headers(request),
+                data=request.content if request.body_exists else None,
+            )
+        except Unavailable as exc:
+            return json_error(503, exc.why, **{"Retry-After": str(exc.retry_after)}, **self._route_headers(route))
+        async with upstream:
+            headers = _strip_hop_by_hop(upstream.headers)
+            headers.update(self._route_headers(route))
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+            if upstream.content_length is not None:
+                response.content_length = upstream.content_length
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    def _parse_and_route(self, request: web.Request) -> tuple[int, Route, RoutingTable]:
+        try:
+            gid = parse_guild_id(request.match_info["guild_id"])
+        except InvalidGuildId as exc:
+            raise web.HTTPBadRequest(text=json.dumps({"error": str(exc)}), content_type="application/json") from None
+        table = self._table()
+        try:
+            return gid, table.route(gid), table
+        except NoRouteError as exc:
+            raise Unavailable(str(exc), 5) from None
+
+    # -- Discord interactions ------------------------------------------------------------------------
+
+    async def webhook(self, request: web.Request) -> web.Response:
+        if request.content_length is not None and request.content_length > MAX_WEBHOOK_BODY:
+            return json_error(413, "interaction body too large")
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return json_error(413, "interaction body too large")
+        if self.verifier is None:
+            return json_error(503, "no Discord public key configured")
+        try:
+            self.verifier.verify(request.headers.get("X-Signature-Ed25519"), request.headers.get("X-Signature-Timestamp"), raw)
+        except SignatureError as exc:
+            self.metrics.verify_failures.labels(exc.reason).inc()
+            return json_error(401, "invalid request signature")
+        try:
+            payload = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return json_error(400, "interaction body is not valid JSON")
+        if not isinstance(payload, dict) or not isinstance(payload.get("type"), int):
+            return json_error(400, "interaction must be a JSON object with a type")
+        if payload["type"] == 1:
+            self.metrics.interactions.labels("ping").inc()
+            return web.json_response({"type": 1})
+        table = self._table()
+        try:
+            route = self._interaction_route(table, payload)
+        except (InvalidGuildId, NoRouteError, Unavailable) as exc:
+            return json_error(400 if isinstance(exc, InvalidGuildId) else 503, str(exc))
+        headers = self._route_headers(route)
+        if route.migrating:
+            self._keep(self._deliver_later(payload, wait_for_migration=route.guild_id))
+            self.metrics.interactions.labels("deferred_migrating").inc()
+            return web.json_response(DEFERRED, headers=headers)
+        try:
+            url = self._target(table, route)
+        except Unavailable:
+            self._keep(self._deliver_later(payload))
+            self.metrics.interactions.labels("deferred_unavailable").inc()
+            return web.json_response(DEFERRED, headers=headers)
+        call = asyncio.ensure_future(self._forward_interaction(route.pod, url, payload, raw))
+        try:
+            status, body = await asyncio.wait_for(asyncio.shield(call), self.settings.interaction_deadline)
+        except TimeoutError:
+            self._keep(self._late_answer(call, payload))
+            self.metrics.interactions.labels("deferred_slow").inc()
+            return web.json_response(DEFERRED, headers=headers)
+        except Unavailable:
+            self._keep(self._deliver_later(payload))
+            self.metrics.interactions.labels("deferred_unavailable").inc()
+            return web.json_response(DEFERRED, headers=headers)
+        if status == 200:
+            self.metrics.interactions.labels("answered").inc()
+            return web.Response(body=body, content_type="application/json", headers=headers)
+        self._keep(self._deliver_later(payload))
+        self.metrics.interactions.labels("deferred_unavailable").inc()
+        return web.json_response(DEFERRED, headers=headers)
+
+    def _interaction_route(self, table: RoutingTable, payload: dict[str, Any]) -> Route:
+        guild = payload.get("guild_id")
+        if guild is not None:
+            return table.route(guild)
+        pod = self.settings.default_pod or self._fallback_pod(table)
+        if pod not in table.pods:
+            raise Unavailable(f"default pod {pod!r} is not in the routing table")
+        state = table.pods[pod].state
+        return Route(guild_id=0, pod=pod, reason=RouteReason.RING, shard=None, migrating=False, epoch=0, pod_state=state, version=table.version)
+
+    @staticmethod
+    def _fallback_pod(table: RoutingTable) -> str:
+        if table.shard_count is not None:
+            owner = table.shard_owner(0)
+            if owner:
+                return owner
+        active = [p.name for p in table.pods.values() if p.state is PodState.ACTIVE]
+        if not active:
+            raise Unavailable("no active pod for DM interactions")
+        return min(active)
+
+    async def _forward_interaction(self, pod: str, url: str, payload: dict[str, Any], raw: bytes, *, deferred: bool = False) -> tuple[int, bytes]:
+        headers = {"Authorization": f"Bearer {self.settings.internal_token}", "Content-Type": "application/json"}
+        if deferred:
+            headers["X-Modbot-Deferred"] = "1"
+        async with await self._send(pod, "POST", f"{url}/interactions", headers=headers, data=raw, timeout=30) as response:
+            body = await response.read()
+            if response.status == 421:
+                await self.tables.refresh()
+            return response.status, body
+
+    def _keep(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def _late_answer(self, call: asyncio.Future[tuple[int, bytes]], payload: dict[str, Any]) -> None:
+        """The pod answered after Discord got "deferred": show its answer as an edit."""
+        try:
+            status, body = await call
+        except Unavailable:
+            await self._deliver_later(payload)
+            return
+        if status != 200:
+            await self._deliver_later(payload)
+            return
+        answer = json.loads(body)
+        if answer.get("type") in (4, 7):
+            await self._edit_original(payload, answer.get("data") or {})
+        # type 5: the pod deferred too and will edit the response itself
+
+    async def _deliver_later(self, payload: dict[str, Any], *, wait_for_migration: int | None = None) -> None:
+        """Deliver a deferred interaction when its pod can take it; else tell the user."""
+        deadline = time.monotonic() + self.settings.followup_window
+        delay = 0.25
+        raw = json.dumps(payload).encode()
+        while time.monotonic() < deadline:
+            table = self.tables.table
+            try:
+                if table is None:
+                    raise Unavailable("no table")
+                route = self._interaction_route(table, payload)
+                if route.migrating:
+                    raise Unavailable("migrating")
+                url = self._target(table, route)
+                status, body = await self._forward_interaction(route.pod, url, payload, raw, deferred=True)
+                if status == 200:
+                    answer = json.loads(body)
+                    if answer.get("type") in (4, 7):
+                        await self._edit_original(payload, answer.get("data") or {})
+                    self.metrics.interactions.labels("delivered_late").inc()
+                    return
+            except (Unavailable, NoRouteError, InvalidGuildId, ValueError):
+                pass
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 10.0)
+        self.metrics.interactions.labels("failed").inc()
+        await self._edit_original(
+            payload, {"content": "Sorry: mod-bot could not process this command in time. Please try it again.", "flags": 64}
+        )
+
+    async def _edit_original(self, payload: dict[str, Any], data: dict[str, Any]) -> None:
+        assert self.session is not None
+        url = f"{self.settings.discord_api_url.rstrip('/')}/webhooks/{payload.get('application_id')}/{payload.get('token')}/messages/@original"
+        try:
+            async with self.session.patch(url, json=data, timeout=aiohttp.ClientTimeout(total=10)) as response:
+                if response.status >= 400:
+                    log.warning("follow-up edit refused by Discord: %s", response.status)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("follow-up edit failed: %s", exc)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def metrics_middleware(proxy: RouterProxy) -> Any:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        name = resource.canonical if resource is not None else "unmatched"
+        started = time.perf_counter()
+        status = 500
+        response: web.StreamResponse | None = None
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except Unavailable as exc:
+            status = 503
+            return json_error(503, exc.why, **{"Retry-After": str(exc.retry_after)})
+        except web.HTTPException as exc:
+            status = exc.status
+            if exc.status < 400:
+                raise
+            if exc.content_type == "application/json":
+                raise
+            return json_error(exc.status, exc.reason or "error")
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return json_error(500, "internal error")
+        finally:
+            pod = response.headers.get("X-Modbot-Pod", "-") if response is not None else "-"
+            proxy.metrics.requests.labels(name, pod, str(status)).inc()
+            proxy.metrics.latency.labels(name).observe(time.perf_counter() - started)
+
+    return middleware
+
+
+def build_proxy_app(proxy: RouterProxy) -> web.Application:
+    app = web.Application(middlewares=[metrics_middleware(proxy)], client_max_size=MAX_WEBHOOK_BODY)
+    app.router.add_get("/guild/{guild_id}/dashboard", proxy.dashboard)
+    app.router.add_route("*", "/api/guilds/{guild_id}/{tail:.*}", proxy.api)
+    app.router.add_post("/webhooks/discord", proxy.webhook)
+
+    async def lifecycle(_: web.Application) -> Any:
+        await proxy.start()
+        yield
+        await proxy.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

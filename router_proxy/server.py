@@ -1,0 +1,106 @@
+"""``modbot-ring serve proxy``: the router proxy with its table client and health routes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from config_store.client.observability import add_health_routes, setup_logging
+from config_store.client.table_client import RoutingTableClient
+
+from .proxy import ProxySettings, RouterProxy, build_proxy_app
+
+log = logging.getLogger("modbot.proxy")
+
+
+@dataclass
+class RunningProxy:
+    proxy: RouterProxy
+    tables: RoutingTableClient
+    runner: web.AppRunner
+    url: str
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+        await self.tables.stop()
+
+
+def make_app(settings: ProxySettings, tables: RoutingTableClient) -> tuple[web.Application, RouterProxy]:
+    registry = CollectorRegistry()
+    tables.register_metrics(registry, "modbot_proxy")
+    proxy = RouterProxy(settings, tables, registry)
+    app = build_proxy_app(proxy)
+
+    async def ready() -> tuple[bool, dict[str, Any]]:
+        status = tables.status()
+        return tables.table is not None, status
+
+    add_health_routes(app, registry, ready)
+    return app, proxy
+
+
+async def start_proxy(
+    settings: ProxySettings,
+    *,
+    config_url: str = "",
+    redis_url: str = "",
+    redis_prefix: str = "modbot",
+    read_token: str = "",
+    poll_interval: float = 1.0,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    wait_for_table: bool = True,
+) -> RunningProxy:
+    tables = RoutingTableClient(
+        redis_url=redis_url, redis_prefix=redis_prefix, config_url=config_url, read_token=read_token, poll_interval=poll_interval
+    )
+    await tables.start(wait=False)
+    app, proxy = make_app(settings, tables)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, reuse_port=True).start()
+    bound = runner.addresses[0][1]
+    if wait_for_table:
+        await tables.wait_for_version(0, 30)
+    return RunningProxy(proxy, tables, runner, f"http://{host}:{bound}")
+
+
+async def serve(args: argparse.Namespace) -> None:
+    settings = ProxySettings(
+        internal_token=args.internal_token,
+        discord_public_key=args.discord_public_key,
+        discord_api_url=args.discord_api_url,
+        default_pod=args.default_pod,
+        interaction_deadline=args.interaction_deadline,
+        upstream_timeout=args.upstream_timeout,
+        followup_window=args.followup_window,
+    )
+    running = await start_proxy(
+        settings,
+        config_url=args.config_url,
+        redis_url=args.redis_url,
+        redis_prefix=args.redis_prefix,
+        read_token=args.read_token,
+        poll_interval=args.poll_interval,
+        host=args.host,
+        port=args.port,
+        wait_for_table=False,
+    )
+    log.info("proxy listening on %s", running.url)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await running.stop()
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level, "proxy")
+    from config_store.runtime import run_forever
+
+    return run_forever(serve(args))
