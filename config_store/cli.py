@@ -102,6 +102,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(up, DB_FLAGS)
     up.set_defaults(handler=_db_upgrade)
 
+    dev = sub.add_parser("dev", help="the local stack")
+    dev_sub = dev.add_subparsers(metavar="ACTION")
+    up_dev = dev_sub.add_parser(
+        "up",
+        help="run everything locally: simulator, config service, pods, proxy",
+        description="Run everything locally on embedded defaults.",
+    )
+    from .devstack import DEV_FLAGS
+
+    add_flags(up_dev, DEV_FLAGS)
+    up_dev.set_defaults(handler=_dev_up)
+
     serve = sub.add_parser("serve", help="run a server")
     serve_sub = serve.add_subparsers(metavar="SERVER")
     for name, (settings_module, server_module) in SERVERS.items():
@@ -260,6 +272,12 @@ async def _audit(args: argparse.Namespace, api: ConfigApi) -> int:
 
 def _age(seconds: float | None) -> str:
     return "never" if seconds is None else f"{seconds:.1f}s ago"
+
+
+def _dev_up(args: argparse.Namespace) -> int:
+    from .devstack import run
+
+    return run(args)
 
 
 def _db_upgrade(args: argparse.Namespace) -> int:

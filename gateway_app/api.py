@@ -88,7 +88,11 @@ async def put_settings(request: web.Request) -> web.Response:
     except (ValueError, UnicodeDecodeError):
         return json_error(400, "request body is not valid JSON")
     allowed = {"moderator_role", "mod_log"}
-    if not isinstance(body, dict) or set(body) - allowed or not all(isinstance(v, str) and v.isdigit() for v in body.values()):
+    if (
+        not isinstance(body, dict)
+        or set(body) - allowed
+        or not all(isinstance(v, str) and v.isdigit() for v in body.values())
+    ):
         return json_error(400, "settings take moderator_role and mod_log, as id strings")
     store = request.app[POD_KEY].store
     settings = {**(await store.settings(gid) or {}), **body}
@@ -125,9 +129,13 @@ async def interactions(request: web.Request) -> web.Response:
             pod.metrics.interactions.labels("misdirected").inc()
             return refusal
     if not pod.commands_ready:
-        return json_error(503, "this pod's command client is not logged in yet", **{"Retry-After": "1"})
+        return json_error(
+            503, "this pod's command client is not logged in yet", **{"Retry-After": "1"}
+        )
     deferred = request.headers.get("X-Modbot-Deferred") == "1"
-    body = await run_forwarded_interaction(pod.commands, payload, pod.settings.interaction_deadline, already_deferred=deferred)
+    body = await run_forwarded_interaction(
+        pod.commands, payload, pod.settings.interaction_deadline, already_deferred=deferred
+    )
     outcome = "deferred" if body.get("type") == 5 else "answered"
     pod.metrics.interactions.labels(outcome).inc()
     pod.metrics.interaction_seconds.observe(time.perf_counter() - started)
@@ -145,7 +153,8 @@ def add_routes(app: web.Application) -> None:
 
 def misdirected_response(gid: int, owner: str | None, version: int | None) -> web.Response:
     return web.json_response(
-        {"error": f"guild {gid} is not owned by this pod", "owner": owner, "version": version}, status=421
+        {"error": f"guild {gid} is not owned by this pod", "owner": owner, "version": version},
+        status=421,
     )
 
 

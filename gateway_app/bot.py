@@ -46,7 +46,9 @@ class RecentEvents:
 
     def first_time(self, key: tuple[Any, ...]) -> bool:
         now = time.monotonic()
-        while self._seen and (len(self._seen) >= self.size or next(iter(self._seen.values())) < now - self.ttl):
+        while self._seen and (
+            len(self._seen) >= self.size or next(iter(self._seen.values())) < now - self.ttl
+        ):
             self._seen.popitem(last=False)
         if key in self._seen:
             return False
@@ -70,7 +72,10 @@ class LoadMeter:
         """Events per second, per guild."""
         now = time.monotonic() if now is None else now
         scale = 0.6931471805599453 / self.half_life  # ln 2 / half-life: counter -> rate
-        return {g: v * 0.5 ** ((now - at) / self.half_life) * scale for g, (v, at) in self._rates.items()}
+        return {
+            g: v * 0.5 ** ((now - at) / self.half_life) * scale
+            for g, (v, at) in self._rates.items()
+        }
 
 
 def gateway_intents() -> discord.Intents:
@@ -131,7 +136,15 @@ class GatewayClient(discord.AutoShardedClient):
             return
         content = message.content
         self.store.message_created(
-            MessageRow(guild.id, message.id, message.channel.id, message.author.id, len(content.split()), len(content), message.created_at.timestamp())
+            MessageRow(
+                guild.id,
+                message.id,
+                message.channel.id,
+                message.author.id,
+                len(content.split()),
+                len(content),
+                message.created_at.timestamp(),
+            )
         )
         self.load.record(guild.id)
         self.stored += 1
@@ -140,13 +153,19 @@ class GatewayClient(discord.AutoShardedClient):
         if payload.guild_id is not None and self.owns(payload.guild_id):
             self.store.message_deleted(payload.guild_id, payload.message_id, time.time())
 
-    async def on_member_ban(self, guild: discord.Guild, user: discord.User | discord.Member) -> None:
+    async def on_member_ban(
+        self, guild: discord.Guild, user: discord.User | discord.Member
+    ) -> None:
         if self.owns(guild.id) and self.recent.first_time(("ban", guild.id, user.id)):
             self.store.mod_action(guild.id, user.id, "ban", None, None, time.time())
 
     async def on_raw_member_remove(self, payload: discord.RawMemberRemoveEvent) -> None:
-        if self.owns(payload.guild_id) and self.recent.first_time(("leave", payload.guild_id, payload.user.id)):
-            self.store.mod_action(payload.guild_id, payload.user.id, "leave", None, None, time.time())
+        if self.owns(payload.guild_id) and self.recent.first_time(
+            ("leave", payload.guild_id, payload.user.id)
+        ):
+            self.store.mod_action(
+                payload.guild_id, payload.user.id, "leave", None, None, time.time()
+            )
 
 
 class CommandClient(discord.Client):
@@ -165,18 +184,31 @@ def build_commands(client: discord.Client, store: GuildStore) -> app_commands.Co
     tree: app_commands.CommandTree[Any] = app_commands.CommandTree(client)
 
     @tree.command(name="setup", description="Choose the moderator role and the mod-log channel")
-    @app_commands.describe(moderator_role="role whose members moderate", mod_log="channel that receives reports")
+    @app_commands.describe(
+        moderator_role="role whose members moderate", mod_log="channel that receives reports"
+    )
     @app_commands.default_permissions(administrator=True)
     @app_commands.guild_only()
-    async def setup(interaction: discord.Interaction, moderator_role: discord.Role, mod_log: app_commands.AppCommandChannel) -> None:
+    async def setup(
+        interaction: discord.Interaction,
+        moderator_role: discord.Role,
+        mod_log: app_commands.AppCommandChannel,
+    ) -> None:
         assert interaction.guild_id is not None
         if not interaction.permissions.administrator:
-            await interaction.response.send_message("Only administrators can run `/setup`.", ephemeral=True)
+            await interaction.response.send_message(
+                "Only administrators can run `/setup`.", ephemeral=True
+            )
             return
-        settings = {"moderator_role": str(moderator_role.id), "mod_log": str(mod_log.id), "set_by": str(interaction.user.id)}
+        settings = {
+            "moderator_role": str(moderator_role.id),
+            "mod_log": str(mod_log.id),
+            "set_by": str(interaction.user.id),
+        }
         await store.save_settings(interaction.guild_id, settings)
         await interaction.response.send_message(
-            f"Setup saved: moderators are <@&{moderator_role.id}>, reports go to <#{mod_log.id}>.", ephemeral=True
+            f"Setup saved: moderators are <@&{moderator_role.id}>, reports go to <#{mod_log.id}>.",
+            ephemeral=True,
         )
 
     @tree.command(name="modreport", description="Reports and recent moderation actions for a user")
@@ -188,9 +220,13 @@ def build_commands(client: discord.Client, store: GuildStore) -> app_commands.Co
             await interaction.response.send_message(NOT_SET_UP, ephemeral=True)
             return
         report = await store.user_report(interaction.guild_id, user.id)
-        actions = ", ".join(f"{a['type']}" + (f" ({a['reason']})" if a["reason"] else "") for a in report["recent_actions"])
+        actions = ", ".join(
+            f"{a['type']}" + (f" ({a['reason']})" if a["reason"] else "")
+            for a in report["recent_actions"]
+        )
         await interaction.response.send_message(
-            f"<@{user.id}>: {report['reports']} report(s); recent actions: {actions or 'none'}.", ephemeral=True
+            f"<@{user.id}>: {report['reports']} report(s); recent actions: {actions or 'none'}.",
+            ephemeral=True,
         )
 
     @tree.context_menu(name="Report")
@@ -202,19 +238,33 @@ def build_commands(client: discord.Client, store: GuildStore) -> app_commands.Co
             await interaction.response.send_message(NOT_SET_UP, ephemeral=True)
             return
         fresh = await store.add_report(
-            interaction.guild_id, interaction.user.id, message.author.id, message.id, message.channel.id, "user report", message.content
+            interaction.guild_id,
+            interaction.user.id,
+            message.author.id,
+            message.id,
+            message.channel.id,
+            "user report",
+            message.content,
         )
         if not fresh:
-            await interaction.response.send_message("You already reported this message.", ephemeral=True)
+            await interaction.response.send_message(
+                "You already reported this message.", ephemeral=True
+            )
             return
-        mod_log = client.get_partial_messageable(int(settings["mod_log"]), guild_id=interaction.guild_id)
+        mod_log = client.get_partial_messageable(
+            int(settings["mod_log"]), guild_id=interaction.guild_id
+        )
         await mod_log.send(
             f"Report from <@{interaction.user.id}> about <@{message.author.id}>'s message {message.id}: {message.content[:500]}"
         )
-        await interaction.response.send_message("Thanks: the moderators have been told.", ephemeral=True)
+        await interaction.response.send_message(
+            "Thanks: the moderators have been told.", ephemeral=True
+        )
 
     @tree.error
-    async def on_error(interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
+    async def on_error(
+        interaction: discord.Interaction, error: app_commands.AppCommandError
+    ) -> None:
         log.warning("command failed: %s", error)
         if not interaction.response.is_done():
             await interaction.response.send_message(f"That did not work: {error}", ephemeral=True)

@@ -29,6 +29,7 @@ DEFERRED_EPHEMERAL: dict[str, Any] = {"type": 5, "data": {"flags": 64}}
 
 def point_at(api_url: str, gateway_url: str) -> None:
     """Use this Discord (``.../api/v10`` and ``ws://.../gw``) for REST and the gateway."""
+    discord.VoiceClient.warn_dave = False  # mod-bot has no voice features: no warning at start
     discord.http.Route.BASE = api_url.rstrip("/")
     discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway_url)
 
@@ -59,7 +60,13 @@ class _CapturingAdapter(AsyncWebhookAdapter):
             self.first.set_result(payload)
         elif kind in (4, 7):  # the pod already answered "deferred": show the real answer
             await self.edit_webhook_message(
-                self.application_id, token, "@original", session=session, proxy=proxy, proxy_auth=proxy_auth, payload=payload.get("data") or {}
+                self.application_id,
+                token,
+                "@original",
+                session=session,
+                proxy=proxy,
+                proxy_auth=proxy_auth,
+                payload=payload.get("data") or {},
             )
         return {
             "interaction": {
@@ -73,7 +80,11 @@ class _CapturingAdapter(AsyncWebhookAdapter):
 
 
 async def run_forwarded_interaction(
-    client: discord.Client, payload: dict[str, Any], deadline: float, *, already_deferred: bool = False
+    client: discord.Client,
+    payload: dict[str, Any],
+    deadline: float,
+    *,
+    already_deferred: bool = False,
 ) -> dict[str, Any]:
     """Dispatch ``payload`` to ``client``'s command tree; return the response body.
 

@@ -21,7 +21,7 @@ from config_store.client.config_api import ConfigApi, ConfigApiError
 from config_store.client.observability import add_health_routes, setup_logging
 from config_store.client.table_client import RoutingTableClient
 
-from .api import POD_KEY, MAX_BODY, add_routes, internal_auth, misdirected_response, owner_or_none
+from .api import MAX_BODY, POD_KEY, add_routes, internal_auth, misdirected_response, owner_or_none
 from .bot import CommandClient, GatewayClient, LoadMeter, RecentEvents
 from .discordpy import point_at
 from .shards import ShardSupervisor
@@ -65,9 +65,18 @@ class PodSettings:
 
 class PodMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.interactions = Counter("modbot_gateway_interactions_total", "forwarded interactions", ["outcome"], registry=registry)
-        self.interaction_seconds = Histogram("modbot_gateway_interaction_seconds", "time to answer an interaction", registry=registry)
-        self.heartbeat_failures = Counter("modbot_gateway_heartbeat_failures_total", "heartbeats that failed", registry=registry)
+        self.interactions = Counter(
+            "modbot_gateway_interactions_total",
+            "forwarded interactions",
+            ["outcome"],
+            registry=registry,
+        )
+        self.interaction_seconds = Histogram(
+            "modbot_gateway_interaction_seconds", "time to answer an interaction", registry=registry
+        )
+        self.heartbeat_failures = Counter(
+            "modbot_gateway_heartbeat_failures_total", "heartbeats that failed", registry=registry
+        )
 
 
 class Pod:
@@ -103,7 +112,9 @@ class Pod:
     def misdirected(self, guild_id: int) -> web.Response | None:
         table = self.table_client.table
         if table is None:
-            return web.json_response({"error": "no routing table yet"}, status=503, headers={"Retry-After": "1"})
+            return web.json_response(
+                {"error": "no routing table yet"}, status=503, headers={"Retry-After": "1"}
+            )
         owner = owner_or_none(table, guild_id)
         return None if owner == self.name else misdirected_response(guild_id, owner, table.version)
 
@@ -193,7 +204,9 @@ class Pod:
                 return
             except ConfigApiError as exc:
                 if exc.status in (400, 401):
-                    raise RuntimeError(f"the config service refused to register {self.name}: {exc.message}") from None
+                    raise RuntimeError(
+                        f"the config service refused to register {self.name}: {exc.message}"
+                    ) from None
                 log.warning("cannot register yet (%s); retrying in %.1fs", exc.message, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5)
@@ -214,7 +227,9 @@ class Pod:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
             try:
-                await self.config.post(f"/v1/pods/{self.name}/heartbeat", {"load": self.load_report()})
+                await self.config.post(
+                    f"/v1/pods/{self.name}/heartbeat", {"load": self.load_report()}
+                )
             except ConfigApiError as exc:
                 self.metrics.heartbeat_failures.inc()
                 if exc.status == 404:
@@ -224,15 +239,19 @@ class Pod:
 
     def _register_metrics(self) -> None:
         self.table_client.register_metrics(self.registry, "modbot_gateway")
-        Gauge("modbot_gateway_shards_connected", "gateway shards ready", registry=self.registry).set_function(
-            lambda: float(len(self.shards.connected_shards))
-        )
-        Gauge("modbot_gateway_rows_written", "rows committed by the batch writer", registry=self.registry).set_function(
-            lambda: float(self.store.rows_written)
-        )
-        Gauge("modbot_gateway_events_per_second", "decayed event rate over owned guilds", registry=self.registry).set_function(
-            lambda: float(sum(self.load.rates().values()))
-        )
+        Gauge(
+            "modbot_gateway_shards_connected", "gateway shards ready", registry=self.registry
+        ).set_function(lambda: float(len(self.shards.connected_shards)))
+        Gauge(
+            "modbot_gateway_rows_written",
+            "rows committed by the batch writer",
+            registry=self.registry,
+        ).set_function(lambda: float(self.store.rows_written))
+        Gauge(
+            "modbot_gateway_events_per_second",
+            "decayed event rate over owned guilds",
+            registry=self.registry,
+        ).set_function(lambda: float(sum(self.load.rates().values())))
 
 
 async def serve(args: argparse.Namespace) -> None:

@@ -24,7 +24,14 @@ ShardKey = tuple[int | None, tuple[int, ...]]
 
 
 class ShardSupervisor:
-    def __init__(self, pod: str, token: str, make_client: Callable[[list[int], int], GatewayClient], *, ready_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        pod: str,
+        token: str,
+        make_client: Callable[[list[int], int], GatewayClient],
+        *,
+        ready_timeout: float = 30.0,
+    ) -> None:
         self.pod = pod
         self.token = token
         self.make_client = make_client
@@ -57,7 +64,9 @@ class ShardSupervisor:
         if key == self.key:
             return
         count, shards = key
-        log.info("shards for %s: %s of %s (table v%s)", self.pod, list(shards), count, table.version)
+        log.info(
+            "shards for %s: %s of %s (table v%s)", self.pod, list(shards), count, table.version
+        )
         old, old_runner = self.client, self._runner
         new, new_runner = None, None
         if count is not None and shards:
@@ -78,7 +87,11 @@ class ShardSupervisor:
         while not shards <= client.ready_shards and loop.time() < deadline:
             await asyncio.sleep(0.05)
         if not shards <= client.ready_shards:
-            log.warning("shards %s not ready after %ss; switching anyway", sorted(shards - client.ready_shards), self.ready_timeout)
+            log.warning(
+                "shards %s not ready after %ss; switching anyway",
+                sorted(shards - client.ready_shards),
+                self.ready_timeout,
+            )
 
     def converged(self, table: RoutingTable) -> bool:
         """The sessions match ``table`` and every one of them is ready."""

@@ -95,7 +95,9 @@ class GuildStore:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.db: aiosqlite.Connection | None = None
-        self._queue: asyncio.Queue[tuple[str, tuple[Any, ...]] | asyncio.Future[None]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str, tuple[Any, ...]] | asyncio.Future[None]] = (
+            asyncio.Queue()
+        )
         self._writer: asyncio.Task[None] | None = None
         self.rows_written = 0
         self.batches_written = 0
@@ -122,7 +124,9 @@ class GuildStore:
 
     async def _migrate(self) -> None:
         assert self.db is not None
-        await self.db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (id TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+        await self.db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (id TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
+        )
         async with self.db.execute("SELECT id FROM schema_migrations") as cur:
             done = {r[0] for r in await cur.fetchall()}
         for name, sql in SCHEMA:
@@ -133,7 +137,9 @@ class GuildStore:
                 for statement in sql.split(";"):
                     if statement.strip():
                         await self.db.execute(statement)
-                await self.db.execute("INSERT INTO schema_migrations VALUES (?, ?)", (name, time.time()))
+                await self.db.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?)", (name, time.time())
+                )
                 await self.db.execute("COMMIT")
             except BaseException:
                 await self.db.execute("ROLLBACK")
@@ -169,7 +175,9 @@ class GuildStore:
                     batch.append(self._queue.get_nowait())
             await self._commit(batch)
 
-    async def _commit(self, batch: Sequence[tuple[str, tuple[Any, ...]] | asyncio.Future[None]]) -> None:
+    async def _commit(
+        self, batch: Sequence[tuple[str, tuple[Any, ...]] | asyncio.Future[None]]
+    ) -> None:
         assert self.db is not None
         writes = [item for item in batch if not isinstance(item, asyncio.Future)]
         if writes:
@@ -201,7 +209,15 @@ class GuildStore:
         self.enqueue(
             "INSERT OR IGNORE INTO message_stats (guild_id, message_id, channel_id, author_id, word_count, char_count, sent_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (row.guild_id, row.message_id, row.channel_id, row.author_id, row.word_count, row.char_count, row.sent_at),
+            (
+                row.guild_id,
+                row.message_id,
+                row.channel_id,
+                row.author_id,
+                row.word_count,
+                row.char_count,
+                row.sent_at,
+            ),
         )
 
     def message_deleted(self, guild_id: int, message_id: int, at: float) -> None:
@@ -210,7 +226,15 @@ class GuildStore:
             (at, guild_id, message_id),
         )
 
-    def mod_action(self, guild_id: int, user_id: int, action: str, executor_id: int | None, reason: str | None, at: float) -> None:
+    def mod_action(
+        self,
+        guild_id: int,
+        user_id: int,
+        action: str,
+        executor_id: int | None,
+        reason: str | None,
+        at: float,
+    ) -> None:
         self.enqueue(
             "INSERT INTO mod_actions (guild_id, user_id, action_type, executor_id, reason, duration, created_at)"
             " VALUES (?, ?, ?, ?, ?, NULL, ?)",
@@ -238,29 +262,51 @@ class GuildStore:
         )
 
     async def add_report(
-        self, guild_id: int, reporter_id: int, reported_user_id: int, message_id: int, channel_id: int, reason: str, content: str
+        self,
+        guild_id: int,
+        reporter_id: int,
+        reported_user_id: int,
+        message_id: int,
+        channel_id: int,
+        reason: str,
+        content: str,
     ) -> bool:
         """Store a report; False when this reporter already reported this message."""
         assert self.db is not None
         cur = await self.db.execute(
             "INSERT OR IGNORE INTO reported_messages (guild_id, reporter_id, reported_user_id, message_id, channel_id, reason, content, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (guild_id, reporter_id, reported_user_id, message_id, channel_id, reason, content[:2000], time.time()),
+            (
+                guild_id,
+                reporter_id,
+                reported_user_id,
+                message_id,
+                channel_id,
+                reason,
+                content[:2000],
+                time.time(),
+            ),
         )
         return bool(cur.rowcount)
 
     async def user_report(self, guild_id: int, user_id: int) -> dict[str, Any]:
         await self.flush()
         reports = await self._all(
-            "SELECT count(*) FROM reported_messages WHERE guild_id = ? AND reported_user_id = ?", (guild_id, user_id)
+            "SELECT count(*) FROM reported_messages WHERE guild_id = ? AND reported_user_id = ?",
+            (guild_id, user_id),
         )
         actions = await self._all(
             "SELECT action_type, reason, created_at FROM mod_actions WHERE guild_id = ? AND user_id = ? ORDER BY created_at DESC LIMIT 5",
             (guild_id, user_id),
         )
-        return {"reports": reports[0][0], "recent_actions": [{"type": a, "reason": r, "at": t} for a, r, t in actions]}
+        return {
+            "reports": reports[0][0],
+            "recent_actions": [{"type": a, "reason": r, "at": t} for a, r, t in actions],
+        }
 
-    async def dashboard(self, guild_id: int, days: int = 30, now: float | None = None) -> dict[str, Any]:
+    async def dashboard(
+        self, guild_id: int, days: int = 30, now: float | None = None
+    ) -> dict[str, Any]:
         """Settings and 30-day stats: what the proxy's dashboard page shows."""
         await self.flush()
         now = time.time() if now is None else now
@@ -274,19 +320,25 @@ class GuildStore:
             )
         )
         totals = await self._all(
-            "SELECT count(*), count(deleted_at), count(DISTINCT author_id) FROM message_stats WHERE guild_id = ?", (guild_id,)
+            "SELECT count(*), count(deleted_at), count(DISTINCT author_id) FROM message_stats WHERE guild_id = ?",
+            (guild_id,),
         )
         reasons = await self._all(
-            "SELECT reason, count(*) FROM reported_messages WHERE guild_id = ? GROUP BY reason ORDER BY count(*) DESC", (guild_id,)
+            "SELECT reason, count(*) FROM reported_messages WHERE guild_id = ? GROUP BY reason ORDER BY count(*) DESC",
+            (guild_id,),
         )
         actions = await self._all(
-            "SELECT action_type, count(*) FROM mod_actions WHERE guild_id = ? GROUP BY action_type ORDER BY count(*) DESC", (guild_id,)
+            "SELECT action_type, count(*) FROM mod_actions WHERE guild_id = ? GROUP BY action_type ORDER BY count(*) DESC",
+            (guild_id,),
         )
         return {
             "guild_id": str(guild_id),
             "settings": await self.settings(guild_id),
             "messages_per_day": [
-                {"day": time.strftime("%Y-%m-%d", time.gmtime(d * 86400)), "count": per_day.get(d, 0)}
+                {
+                    "day": time.strftime("%Y-%m-%d", time.gmtime(d * 86400)),
+                    "count": per_day.get(d, 0),
+                }
                 for d in range(first_day, today + 1)
             ],
             "messages": {"total": totals[0][0], "deleted": totals[0][1], "authors": totals[0][2]},
@@ -304,4 +356,7 @@ class GuildStore:
         await self.flush()
         where = " WHERE guild_id = ?" if guild_id is not None else ""
         params = (guild_id,) if guild_id is not None else ()
-        return {t: (await self._all(f"SELECT count(*) FROM {t}{where}", params))[0][0] for t in GUILD_TABLES}
+        return {
+            t: (await self._all(f"SELECT count(*) FROM {t}{where}", params))[0][0]
+            for t in GUILD_TABLES
+        }

@@ -52,7 +52,9 @@ def sparkline_svg(points: list[dict[str, Any]], width: int = 800, height: int = 
 def _counts_table(title: str, counts: dict[str, int]) -> str:
     if not counts:
         return f'<h2>{escape(title)}</h2><p class="empty">None yet.</p>'
-    rows = "".join(f"<tr><td>{escape(str(k))}</td><td>{int(v)}</td></tr>" for k, v in counts.items())
+    rows = "".join(
+        f"<tr><td>{escape(str(k))}</td><td>{int(v)}</td></tr>" for k, v in counts.items()
+    )
     return f"<h2>{escape(title)}</h2><table><tr><th>kind</th><th>count</th></tr>{rows}</table>"
 
 

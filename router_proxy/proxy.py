@@ -38,7 +38,15 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from config_store.client.observability import json_error
 from config_store.client.table_client import RoutingTableClient
-from modbot_ring import InvalidGuildId, NoRouteError, PodState, Route, RouteReason, RoutingTable, parse_guild_id
+from modbot_ring import (
+    InvalidGuildId,
+    NoRouteError,
+    PodState,
+    Route,
+    RouteReason,
+    RoutingTable,
+    parse_guild_id,
+)
 
 from .breaker import CircuitBreaker
 from .dashboard import render_dashboard, render_unavailable
@@ -50,7 +58,18 @@ MAX_WEBHOOK_BODY = 64 * 1024
 DEFERRED = {"type": 5, "data": {"flags": 64}}
 HOP_BY_HOP = frozenset(
     h.lower()
-    for h in ("Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer", "Transfer-Encoding", "Upgrade", "Host", "Content-Length")
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Host",
+        "Content-Length",
+    )
 )
 
 
@@ -67,14 +86,34 @@ class ProxySettings:
 
 class ProxyMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.requests = Counter("modbot_proxy_requests_total", "requests", ["route", "pod", "status"], registry=registry)
+        self.requests = Counter(
+            "modbot_proxy_requests_total", "requests", ["route", "pod", "status"], registry=registry
+        )
         self.latency = Histogram(
-            "modbot_proxy_request_seconds", "request latency", ["route"], registry=registry,
+            "modbot_proxy_request_seconds",
+            "request latency",
+            ["route"],
+            registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
-        self.upstream_errors = Counter("modbot_proxy_upstream_errors_total", "failed upstream calls", ["pod", "kind"], registry=registry)
-        self.verify_failures = Counter("modbot_proxy_webhook_verification_failures_total", "refused webhooks", ["reason"], registry=registry)
-        self.interactions = Counter("modbot_proxy_interactions_total", "interactions by outcome", ["outcome"], registry=registry)
+        self.upstream_errors = Counter(
+            "modbot_proxy_upstream_errors_total",
+            "failed upstream calls",
+            ["pod", "kind"],
+            registry=registry,
+        )
+        self.verify_failures = Counter(
+            "modbot_proxy_webhook_verification_failures_total",
+            "refused webhooks",
+            ["reason"],
+            registry=registry,
+        )
+        self.interactions = Counter(
+            "modbot_proxy_interactions_total",
+            "interactions by outcome",
+            ["outcome"],
+            registry=registry,
+        )
 
 
 class Unavailable(Exception):
@@ -96,18 +135,26 @@ def _strip_hop_by_hop(headers: Any) -> CIMultiDict[str]:
 
 
 class RouterProxy:
-    def __init__(self, settings: ProxySettings, tables: RoutingTableClient, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, settings: ProxySettings, tables: RoutingTableClient, registry: CollectorRegistry
+    ) -> None:
         self.settings = settings
         self.tables = tables
         self.metrics = ProxyMetrics(registry)
-        self.verifier = Verifier(settings.discord_public_key) if settings.discord_public_key else None
+        self.verifier = (
+            Verifier(settings.discord_public_key) if settings.discord_public_key else None
+        )
         self.breakers: dict[str, CircuitBreaker] = {}
         self.session: aiohttp.ClientSession | None = None
         self.background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, limit_per_host=512, keepalive_timeout=30, ttl_dns_cache=300)
-        self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None))
+        connector = aiohttp.TCPConnector(
+            limit=0, limit_per_host=512, keepalive_timeout=30, ttl_dns_cache=300
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None)
+        )
 
     async def stop(self) -> None:
         for task in list(self.background):
@@ -142,7 +189,11 @@ class RouterProxy:
         return url
 
     def _route_headers(self, route: Route) -> dict[str, str]:
-        return {"X-Modbot-Pod": route.pod, "X-Modbot-Route": route.reason.value, "X-Modbot-Table-Version": str(route.version)}
+        return {
+            "X-Modbot-Pod": route.pod,
+            "X-Modbot-Route": route.reason.value,
+            "X-Modbot-Table-Version": str(route.version),
+        }
 
     def _outbound_headers(self, request: web.Request) -> CIMultiDict[str]:
         headers = _strip_hop_by_hop(request.headers)
@@ -156,7 +207,15 @@ class RouterProxy:
         return headers
 
     async def _send(
-        self, pod: str, method: str, url: str, *, headers: Any, data: Any = None, retry: bool = True, timeout: float | None = None
+        self,
+        pod: str,
+        method: str,
+        url: str,
+        *,
+        headers: Any,
+        data: Any = None,
+        retry: bool = True,
+        timeout: float | None = None,
     ) -> aiohttp.ClientResponse:
         """One upstream call with a bounded, jittered retry for requests without a body."""
         assert self.session is not None
@@ -165,8 +224,14 @@ class RouterProxy:
         for attempt in range(attempts):
             try:
                 response = await self.session.request(
-                    method, url, headers=headers, data=data, allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=timeout or self.settings.upstream_timeout, sock_connect=1.0),
+                    method,
+                    url,
+                    headers=headers,
+                    data=data,
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(
+                        total=timeout or self.settings.upstream_timeout, sock_connect=1.0
+                    ),
                 )
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
                 breaker.failure()
@@ -175,7 +240,10 @@ class RouterProxy:
                 if attempt + 1 < attempts and breaker.allow():
                     await asyncio.sleep(random.uniform(0.02, 0.1))
                     continue
-                raise Unavailable(f"pod {pod} did not answer ({kind})", breaker.retry_after() if breaker.failures >= breaker.threshold else 2) from None
+                raise Unavailable(
+                    f"pod {pod} did not answer ({kind})",
+                    breaker.retry_after() if breaker.failures >= breaker.threshold else 2,
+                ) from None
             if response.status >= 500:
                 breaker.failure()
                 self.metrics.upstream_errors.labels(pod, "5xx").inc()
@@ -190,7 +258,12 @@ class RouterProxy:
         gid, route, table = self._parse_and_route(request)
         try:
             url = self._target(table, route)
-            async with await self._send(route.pod, "GET", f"{url}/data/guilds/{gid}", headers={"Authorization": f"Bearer {self.settings.internal_token}"}) as upstream:
+            async with await self._send(
+                route.pod,
+                "GET",
+                f"{url}/data/guilds/{gid}",
+                headers={"Authorization": f"Bearer {self.settings.internal_token}"},
+            ) as upstream:
                 if upstream.status == 421:  # our table is behind the pod's: catch up once
                     await self.tables.refresh()
                     raise Unavailable("the guild just moved; reload", 1)
@@ -199,24 +272,38 @@ class RouterProxy:
                 data = await upstream.json()
         except Unavailable as exc:
             page = render_unavailable(gid, route.pod, exc.why, exc.retry_after)
-            return web.Response(text=page, status=503, content_type="text/html", headers={"Retry-After": str(exc.retry_after), **self._route_headers(route)})
-        html = render_dashboard(data, pod=route.pod, reason=route.reason.value, version=route.version)
+            return web.Response(
+                text=page,
+                status=503,
+                content_type="text/html",
+                headers={"Retry-After": str(exc.retry_after), **self._route_headers(route)},
+            )
+        html = render_dashboard(
+            data, pod=route.pod, reason=route.reason.value, version=route.version
+        )
         return web.Response(text=html, content_type="text/html", headers=self._route_headers(route))
 
     async def api(self, request: web.Request) -> web.StreamResponse:
-        gid, route, table = self._parse_and_route(request)
+        _gid, route, table = self._parse_and_route(request)
         try:
             url = self._target(table, route)
             upstream = await self._send(
-                route.pod, request.method, f"{url}{request.rel_url}", headers=self._outbound_headers(request),
+                route.pod,
+                request.method,
+                f"{url}{request.rel_url}",
+                headers=self._outbound_headers(request),
                 data=request.content if request.body_exists else None,
             )
         except Unavailable as exc:
-            return json_error(503, exc.why, **{"Retry-After": str(exc.retry_after)}, **self._route_headers(route))
+            return json_error(
+                503, exc.why, **{"Retry-After": str(exc.retry_after)}, **self._route_headers(route)
+            )
         async with upstream:
             headers = _strip_hop_by_hop(upstream.headers)
             headers.update(self._route_headers(route))
-            response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+            response = web.StreamResponse(
+                status=upstream.status, reason=upstream.reason, headers=headers
+            )
             if upstream.content_length is not None:
                 response.content_length = upstream.content_length
             await response.prepare(request)
@@ -229,7 +316,9 @@ class RouterProxy:
         try:
             gid = parse_guild_id(request.match_info["guild_id"])
         except InvalidGuildId as exc:
-            raise web.HTTPBadRequest(text=json.dumps({"error": str(exc)}), content_type="application/json") from None
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": str(exc)}), content_type="application/json"
+            ) from None
         table = self._table()
         try:
             return gid, table.route(gid), table
@@ -248,7 +337,11 @@ class RouterProxy:
         if self.verifier is None:
             return json_error(503, "no Discord public key configured")
         try:
-            self.verifier.verify(request.headers.get("X-Signature-Ed25519"), request.headers.get("X-Signature-Timestamp"), raw)
+            self.verifier.verify(
+                request.headers.get("X-Signature-Ed25519"),
+                request.headers.get("X-Signature-Timestamp"),
+                raw,
+            )
         except SignatureError as exc:
             self.metrics.verify_failures.labels(exc.reason).inc()
             return json_error(401, "invalid request signature")
@@ -279,7 +372,9 @@ class RouterProxy:
             return web.json_response(DEFERRED, headers=headers)
         call = asyncio.ensure_future(self._forward_interaction(route.pod, url, payload, raw))
         try:
-            status, body = await asyncio.wait_for(asyncio.shield(call), self.settings.interaction_deadline)
+            status, body = await asyncio.wait_for(
+                asyncio.shield(call), self.settings.interaction_deadline
+            )
         except TimeoutError:
             self._keep(self._late_answer(call, payload))
             self.metrics.interactions.labels("deferred_slow").inc()
@@ -303,7 +398,16 @@ class RouterProxy:
         if pod not in table.pods:
             raise Unavailable(f"default pod {pod!r} is not in the routing table")
         state = table.pods[pod].state
-        return Route(guild_id=0, pod=pod, reason=RouteReason.RING, shard=None, migrating=False, epoch=0, pod_state=state, version=table.version)
+        return Route(
+            guild_id=0,
+            pod=pod,
+            reason=RouteReason.RING,
+            shard=None,
+            migrating=False,
+            epoch=0,
+            pod_state=state,
+            version=table.version,
+        )
 
     @staticmethod
     def _fallback_pod(table: RoutingTable) -> str:
@@ -316,11 +420,18 @@ class RouterProxy:
             raise Unavailable("no active pod for DM interactions")
         return min(active)
 
-    async def _forward_interaction(self, pod: str, url: str, payload: dict[str, Any], raw: bytes, *, deferred: bool = False) -> tuple[int, bytes]:
-        headers = {"Authorization": f"Bearer {self.settings.internal_token}", "Content-Type": "application/json"}
+    async def _forward_interaction(
+        self, pod: str, url: str, payload: dict[str, Any], raw: bytes, *, deferred: bool = False
+    ) -> tuple[int, bytes]:
+        headers = {
+            "Authorization": f"Bearer {self.settings.internal_token}",
+            "Content-Type": "application/json",
+        }
         if deferred:
             headers["X-Modbot-Deferred"] = "1"
-        async with await self._send(pod, "POST", f"{url}/interactions", headers=headers, data=raw, timeout=30) as response:
+        async with await self._send(
+            pod, "POST", f"{url}/interactions", headers=headers, data=raw, timeout=30
+        ) as response:
             body = await response.read()
             if response.status == 421:
                 await self.tables.refresh()
@@ -331,7 +442,9 @@ class RouterProxy:
         self.background.add(task)
         task.add_done_callback(self.background.discard)
 
-    async def _late_answer(self, call: asyncio.Future[tuple[int, bytes]], payload: dict[str, Any]) -> None:
+    async def _late_answer(
+        self, call: asyncio.Future[tuple[int, bytes]], payload: dict[str, Any]
+    ) -> None:
         """The pod answered after Discord got "deferred": show its answer as an edit."""
         try:
             status, body = await call
@@ -346,7 +459,9 @@ class RouterProxy:
             await self._edit_original(payload, answer.get("data") or {})
         # type 5: the pod deferred too and will edit the response itself
 
-    async def _deliver_later(self, payload: dict[str, Any], *, wait_for_migration: int | None = None) -> None:
+    async def _deliver_later(
+        self, payload: dict[str, Any], *, wait_for_migration: int | None = None
+    ) -> None:
         """Deliver a deferred interaction when its pod can take it; else tell the user."""
         deadline = time.monotonic() + self.settings.followup_window
         delay = 0.25
@@ -360,7 +475,9 @@ class RouterProxy:
                 if route.migrating:
                     raise Unavailable("migrating")
                 url = self._target(table, route)
-                status, body = await self._forward_interaction(route.pod, url, payload, raw, deferred=True)
+                status, body = await self._forward_interaction(
+                    route.pod, url, payload, raw, deferred=True
+                )
                 if status == 200:
                     answer = json.loads(body)
                     if answer.get("type") in (4, 7):
@@ -373,14 +490,20 @@ class RouterProxy:
             delay = min(delay * 2, 10.0)
         self.metrics.interactions.labels("failed").inc()
         await self._edit_original(
-            payload, {"content": "Sorry: mod-bot could not process this command in time. Please try it again.", "flags": 64}
+            payload,
+            {
+                "content": "Sorry: mod-bot could not process this command in time. Please try it again.",
+                "flags": 64,
+            },
         )
 
     async def _edit_original(self, payload: dict[str, Any], data: dict[str, Any]) -> None:
         assert self.session is not None
         url = f"{self.settings.discord_api_url.rstrip('/')}/webhooks/{payload.get('application_id')}/{payload.get('token')}/messages/@original"
         try:
-            async with self.session.patch(url, json=data, timeout=aiohttp.ClientTimeout(total=10)) as response:
+            async with self.session.patch(
+                url, json=data, timeout=aiohttp.ClientTimeout(total=10)
+            ) as response:
                 if response.status >= 400:
                     log.warning("follow-up edit refused by Discord: %s", response.status)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -412,6 +535,9 @@ def metrics_middleware(proxy: RouterProxy) -> Any:
             if exc.content_type == "application/json":
                 raise
             return json_error(exc.status, exc.reason or "error")
+        except ConnectionResetError:  # the client went away mid-response: routine
+            status = 499
+            raise
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.path)
             return json_error(500, "internal error")

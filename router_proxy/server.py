@@ -31,7 +31,9 @@ class RunningProxy:
         await self.tables.stop()
 
 
-def make_app(settings: ProxySettings, tables: RoutingTableClient) -> tuple[web.Application, RouterProxy]:
+def make_app(
+    settings: ProxySettings, tables: RoutingTableClient
+) -> tuple[web.Application, RouterProxy]:
     registry = CollectorRegistry()
     tables.register_metrics(registry, "modbot_proxy")
     proxy = RouterProxy(settings, tables, registry)
@@ -58,7 +60,11 @@ async def start_proxy(
     wait_for_table: bool = True,
 ) -> RunningProxy:
     tables = RoutingTableClient(
-        redis_url=redis_url, redis_prefix=redis_prefix, config_url=config_url, read_token=read_token, poll_interval=poll_interval
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        config_url=config_url,
+        read_token=read_token,
+        poll_interval=poll_interval,
     )
     await tables.start(wait=False)
     app, proxy = make_app(settings, tables)

@@ -30,6 +30,12 @@ SERVE_FLAGS = [
         "application public key (hex) that signs interaction webhooks",
     ),
     Flag(
+        "discord-api-url",
+        "MODBOT_DISCORD_API_URL",
+        "https://discord.com/api/v10",
+        "Discord REST base for follow-ups (point at the simulator locally)",
+    ),
+    Flag(
         "default-pod",
         "MODBOT_DEFAULT_POD",
         "",

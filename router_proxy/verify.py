@@ -34,7 +34,13 @@ class Verifier:
         self._key = VerifyKey(key)
         self.max_skew = max_skew
 
-    def verify(self, signature_hex: str | None, timestamp: str | None, body: bytes, now: float | None = None) -> None:
+    def verify(
+        self,
+        signature_hex: str | None,
+        timestamp: str | None,
+        body: bytes,
+        now: float | None = None,
+    ) -> None:
         if not signature_hex or not timestamp:
             raise SignatureError("missing")
         try:

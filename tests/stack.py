@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-
 from conftest import ADMIN, READ, ConfigService, free_port, running_config
+
 from gateway_app.discord_sim.server import RunningSim, start_sim
 from router_proxy.proxy import ProxySettings
 from router_proxy.server import RunningProxy, start_proxy
@@ -89,12 +89,16 @@ class Stack:
             pod = self.pods[name]
             while True:
                 with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError):
-                    async with self.http.get(f"{pod.url}/readyz", timeout=aiohttp.ClientTimeout(total=2)) as r:
+                    async with self.http.get(
+                        f"{pod.url}/readyz", timeout=aiohttp.ClientTimeout(total=2)
+                    ) as r:
                         if r.status == 200:
                             break
                 exited = pod.proc is None or pod.proc.poll() is not None
                 if time.monotonic() > deadline or exited:
-                    raise AssertionError(f"pod {name} not ready in {timeout}s; log:\n{Path(pod.log_path).read_text()[-3000:]}")
+                    raise AssertionError(
+                        f"pod {name} not ready in {timeout}s; log:\n{Path(pod.log_path).read_text()[-3000:]}"
+                    )
                 await asyncio.sleep(0.1)
 
     async def table_version(self) -> int:
@@ -118,13 +122,20 @@ class Stack:
                 await asyncio.sleep(0.1)
 
     async def pin(self, guild_id: int, pod: str) -> int:
-        async with self.http.put(f"{self.config.url}/v1/pins/{guild_id}", json={"pod": pod}, headers=A) as r:
+        async with self.http.put(
+            f"{self.config.url}/v1/pins/{guild_id}", json={"pod": pod}, headers=A
+        ) as r:
             assert r.status == 200, await r.text()
             return int((await r.json())["version"])
 
     async def interact(self, guild_id: int, command: str, **kw: Any) -> dict[str, Any]:
         """Play Discord: sign and POST an interaction webhook to the proxy."""
-        body = {"url": f"{self.proxy.url}/webhooks/discord", "guild_id": str(guild_id), "command": command, **kw}
+        body = {
+            "url": f"{self.proxy.url}/webhooks/discord",
+            "guild_id": str(guild_id),
+            "command": command,
+            **kw,
+        }
         async with self.http.post(f"{self.sim.url}/control/interactions", json=body) as r:
             assert r.status == 200, await r.text()
             return dict(await r.json())
@@ -136,24 +147,61 @@ class Stack:
                 continue
             for gid in list(self.world.guilds)[:1]:
                 with contextlib.suppress(aiohttp.ClientError):
-                    async with self.http.get(f"{pod.url}/api/guilds/{gid}/stats", headers={"Authorization": f"Bearer {INTERNAL}"}):
+                    async with self.http.get(
+                        f"{pod.url}/api/guilds/{gid}/stats",
+                        headers={"Authorization": f"Bearer {INTERNAL}"},
+                    ):
                         pass
 
     def calls(self, path_part: str) -> list[dict[str, Any]]:
         return [c.to_json() for c in self.sim.sim.calls if path_part in c.path]
 
 
-def pod_process(name: str, config_url: str, sim: RunningSim, tmp: Path, *, redis_url: str = "", redis_prefix: str = "modbot") -> PodProcess:
+def pod_process(
+    name: str,
+    config_url: str,
+    sim: RunningSim,
+    tmp: Path,
+    *,
+    redis_url: str = "",
+    redis_prefix: str = "modbot",
+) -> PodProcess:
     port = free_port()
     database = str(tmp / f"{name}.db")
     args = [
-        CLI, "serve", "gateway", "--name", name, "--port", str(port), "--config-url", config_url,
-        "--database", database, "--discord-api-url", sim.api_url, "--discord-gateway-url", sim.gateway_url,
-        "--heartbeat-interval", "1", "--table-poll", "0.5", "--identify-interval", "0", "--log-level", "info",
+        CLI,
+        "serve",
+        "gateway",
+        "--name",
+        name,
+        "--port",
+        str(port),
+        "--config-url",
+        config_url,
+        "--database",
+        database,
+        "--discord-api-url",
+        sim.api_url,
+        "--discord-gateway-url",
+        sim.gateway_url,
+        "--heartbeat-interval",
+        "1",
+        "--table-poll",
+        "0.5",
+        "--identify-interval",
+        "0",
+        "--log-level",
+        "info",
     ]
     if redis_url:
         args += ["--redis-url", redis_url, "--redis-prefix", redis_prefix]
-    env = {**os.environ, "MODBOT_ADMIN_TOKEN": ADMIN, "MODBOT_READ_TOKEN": READ, "MODBOT_INTERNAL_TOKEN": INTERNAL, "DISCORD_TOKEN": "sim-token"}
+    env = {
+        **os.environ,
+        "MODBOT_ADMIN_TOKEN": ADMIN,
+        "MODBOT_READ_TOKEN": READ,
+        "MODBOT_INTERNAL_TOKEN": INTERNAL,
+        "DISCORD_TOKEN": "sim-token",
+    }
     return PodProcess(name, port, database, args, env, log_path=str(tmp / f"{name}.log"))
 
 
@@ -174,8 +222,20 @@ async def running_stack(
     sim = await start_sim()
     for i in range(guilds):
         sim.sim.world.create_guild(f"guild-{i}")
-    async with running_config(db_url, schema, redis_url=redis_url, redis_prefix=redis_prefix, shard_count=shard_count, heartbeat_timeout=heartbeat_timeout) as config:
-        procs = {f"gateway-{i}": pod_process(f"gateway-{i}", config.url, sim, tmp, redis_url=redis_url, redis_prefix=redis_prefix) for i in range(pods)}
+    async with running_config(
+        db_url,
+        schema,
+        redis_url=redis_url,
+        redis_prefix=redis_prefix,
+        shard_count=shard_count,
+        heartbeat_timeout=heartbeat_timeout,
+    ) as config:
+        procs = {
+            f"gateway-{i}": pod_process(
+                f"gateway-{i}", config.url, sim, tmp, redis_url=redis_url, redis_prefix=redis_prefix
+            )
+            for i in range(pods)
+        }
         for proc in procs.values():
             proc.start()
         settings = ProxySettings(
@@ -185,7 +245,14 @@ async def running_stack(
             interaction_deadline=interaction_deadline,
             followup_window=60,
         )
-        proxy = await start_proxy(settings, config_url=config.url, redis_url=redis_url, redis_prefix=redis_prefix, read_token=READ, poll_interval=0.2)
+        proxy = await start_proxy(
+            settings,
+            config_url=config.url,
+            redis_url=redis_url,
+            redis_prefix=redis_prefix,
+            read_token=READ,
+            poll_interval=0.2,
+        )
         http = aiohttp.ClientSession()
         stack = Stack(sim, config, proxy, procs, http, tmp)
         try:

@@ -5,10 +5,10 @@ import json
 from collections import Counter
 
 import pytest
-
 from conftest import PG_URL, eventually
-from modbot_ring import RoutingTable
 from stack import INTERNAL, running_stack
+
+from modbot_ring import RoutingTable
 
 
 @pytest.fixture
@@ -33,7 +33,10 @@ async def test_pods_hold_exactly_their_shards_and_each_message_lands_once_on_its
     assert connected == [0, 1, 2, 3]  # one live session per shard: nobody holds extra shards
 
     guilds = list(stack.world.guilds)
-    async with stack.http.post(f"{stack.sim.url}/control/messages", json={"guild_ids": [str(g) for g in guilds], "count": 50}) as r:
+    async with stack.http.post(
+        f"{stack.sim.url}/control/messages",
+        json={"guild_ids": [str(g) for g in guilds], "count": 50},
+    ) as r:
         assert (await r.json())["sent"] == 1000
 
     async def all_counted():
@@ -56,22 +59,39 @@ async def test_setup_then_modreport_through_signed_webhooks(stack):
     member = list(guild.members)[2]
 
     reply = await stack.interact(guild.id, "modreport", options={"user": ["user", member]})
-    assert reply["status"] == 200 and "not set up yet" in json.loads(reply["body"])["data"]["content"]
+    assert (
+        reply["status"] == 200 and "not set up yet" in json.loads(reply["body"])["data"]["content"]
+    )
 
-    reply = await stack.interact(guild.id, "setup", options={"moderator_role": ["role", role], "mod_log": ["channel", mod_log]})
+    reply = await stack.interact(
+        guild.id,
+        "setup",
+        options={"moderator_role": ["role", role], "mod_log": ["channel", mod_log]},
+    )
     body = json.loads(reply["body"])
     assert reply["status"] == 200 and body["type"] == 4 and body["data"]["flags"] == 64
     assert f"<@&{role}>" in body["data"]["content"] and reply["elapsed_ms"] < 3000
     owner = stack.pods[table.owner(guild.id)]
-    settings = json.loads(owner.rows("SELECT settings FROM guilds WHERE guild_id = ?", (guild.id,))[0][0])
+    settings = json.loads(
+        owner.rows("SELECT settings FROM guilds WHERE guild_id = ?", (guild.id,))[0][0]
+    )
     assert settings["moderator_role"] == str(role) and settings["mod_log"] == str(mod_log)
     other = next(p for n, p in stack.pods.items() if n != owner.name)
     assert other.rows("SELECT count(*) FROM guilds")[0][0] == 0
 
     before = len(stack.sim.sim.calls)
-    reply = await stack.interact(guild.id, "Report", kind=3, target_message_id=str(stack.world.ids.next()), target_author_id=str(member), target_content="spam spam")
+    reply = await stack.interact(
+        guild.id,
+        "Report",
+        kind=3,
+        target_message_id=str(stack.world.ids.next()),
+        target_author_id=str(member),
+        target_content="spam spam",
+    )
     assert "moderators have been told" in json.loads(reply["body"])["data"]["content"]
-    posted = [c for c in stack.sim.sim.calls[before:] if c.path == f"/api/v10/channels/{mod_log}/messages"]
+    posted = [
+        c for c in stack.sim.sim.calls[before:] if c.path == f"/api/v10/channels/{mod_log}/messages"
+    ]
     assert len(posted) == 1 and "spam spam" in posted[0].body["content"]
 
     reply = await stack.interact(guild.id, "modreport", options={"user": ["user", member]})
@@ -82,7 +102,12 @@ async def test_non_admin_cannot_run_setup(stack):
     guild = next(iter(stack.world.guilds.values()))
     member = list(guild.members)[3]  # a plain member
     role = next(r for r in guild.roles if r != guild.id)
-    reply = await stack.interact(guild.id, "setup", user_id=str(member), options={"moderator_role": ["role", role], "mod_log": ["channel", list(guild.channels)[1]]})
+    reply = await stack.interact(
+        guild.id,
+        "setup",
+        user_id=str(member),
+        options={"moderator_role": ["role", role], "mod_log": ["channel", list(guild.channels)[1]]},
+    )
     assert "Only administrators" in json.loads(reply["body"])["data"]["content"]
 
 
@@ -94,8 +119,12 @@ async def test_a_pinned_guild_is_served_only_by_its_pinned_pod(stack):
     await stack.pin(guild.id, away)
     await stack.converge()
     shard = (guild.id >> 22) % 4
-    assert shard in stack.proxy.tables.table.shards_for(away)  # the pinned pod also opened the guild's shard
-    async with stack.http.post(f"{stack.sim.url}/control/messages", json={"guild_id": str(guild.id), "count": 30}) as r:
+    assert shard in stack.proxy.tables.table.shards_for(
+        away
+    )  # the pinned pod also opened the guild's shard
+    async with stack.http.post(
+        f"{stack.sim.url}/control/messages", json={"guild_id": str(guild.id), "count": 30}
+    ) as r:
         assert (await r.json())["sent"] == 30
 
     async def landed():
@@ -112,13 +141,21 @@ async def test_moderation_events_are_recorded_once(stack):
     victim = list(guild.members)[3]
     leaver = list(guild.members)[4]
     for kind, user in (("ban", victim), ("member_remove", leaver)):
-        async with stack.http.post(f"{stack.sim.url}/control/events", json={"type": kind, "guild_id": str(guild.id), "user_id": str(user)}) as r:
+        async with stack.http.post(
+            f"{stack.sim.url}/control/events",
+            json={"type": kind, "guild_id": str(guild.id), "user_id": str(user)},
+        ) as r:
             assert r.status == 200
     owner = stack.pods[table.owner(guild.id)]
 
     async def recorded():
         await stack.flush_pods()
-        return Counter(r[0] for r in owner.rows("SELECT action_type FROM mod_actions WHERE guild_id = ?", (guild.id,)))
+        return Counter(
+            r[0]
+            for r in owner.rows(
+                "SELECT action_type FROM mod_actions WHERE guild_id = ?", (guild.id,)
+            )
+        )
 
     assert await eventually(lambda: _eq(recorded(), Counter({"ban": 1, "leave": 1})), timeout=10)
 
@@ -134,12 +171,19 @@ async def test_internal_api_requires_the_token_and_refuses_foreign_guilds(stack)
     other = next(p for n, p in stack.pods.items() if n != owner)
     async with stack.http.get(f"{other.url}/data/guilds/{guild}") as r:
         assert r.status == 401
-    async with stack.http.get(f"{other.url}/data/guilds/{guild}", headers={"Authorization": f"Bearer {INTERNAL}"}) as r:
+    async with stack.http.get(
+        f"{other.url}/data/guilds/{guild}", headers={"Authorization": f"Bearer {INTERNAL}"}
+    ) as r:
         body = await r.json()
         assert r.status == 421 and body["owner"] == owner
-    async with stack.http.get(f"{stack.pods[owner].url}/data/guilds/{guild}", headers={"Authorization": f"Bearer {INTERNAL}"}) as r:
+    async with stack.http.get(
+        f"{stack.pods[owner].url}/data/guilds/{guild}",
+        headers={"Authorization": f"Bearer {INTERNAL}"},
+    ) as r:
         data = await r.json()
         assert r.status == 200 and len(data["messages_per_day"]) == 30 and data["pod"] == owner
-    async with stack.http.get(f"{other.url}/data/guilds/abc", headers={"Authorization": f"Bearer {INTERNAL}"}) as r:
+    async with stack.http.get(
+        f"{other.url}/data/guilds/abc", headers={"Authorization": f"Bearer {INTERNAL}"}
+    ) as r:
         assert r.status == 400
     await asyncio.sleep(0)

@@ -36,7 +36,9 @@ SIM_KEY: web.AppKey[DiscordSim] = web.AppKey("sim")
 
 def _json(data: Any, status: int = 200) -> web.Response:
     # discord.py wants exactly "application/json": no charset parameter.
-    return web.Response(body=json.dumps(data).encode(), status=status, headers={"Content-Type": "application/json"})
+    return web.Response(
+        body=json.dumps(data).encode(), status=status, headers={"Content-Type": "application/json"}
+    )
 
 
 @dataclass
@@ -64,11 +66,24 @@ class RecordedCall:
     body: Any
 
     def to_json(self) -> dict[str, Any]:
-        return {"seq": self.seq, "at": self.at, "method": self.method, "path": self.path, "body": self.body}
+        return {
+            "seq": self.seq,
+            "at": self.at,
+            "method": self.method,
+            "path": self.path,
+            "body": self.body,
+        }
 
 
 class DiscordSim:
-    def __init__(self, *, bot_token: str, application_id: int, signing_seed: str, heartbeat_ms: int = HEARTBEAT_INTERVAL_MS) -> None:
+    def __init__(
+        self,
+        *,
+        bot_token: str,
+        application_id: int,
+        signing_seed: str,
+        heartbeat_ms: int = HEARTBEAT_INTERVAL_MS,
+    ) -> None:
         self.bot_token = bot_token
         self.world = World(application_id)
         self.signer = Signer(signing_seed)
@@ -101,14 +116,20 @@ class DiscordSim:
         return delivered
 
     def record(self, request: web.Request, body: Any) -> None:
-        self.calls.append(RecordedCall(len(self.calls) + 1, time.time(), request.method, request.path, body))
+        self.calls.append(
+            RecordedCall(len(self.calls) + 1, time.time(), request.method, request.path, body)
+        )
 
     # -- gateway -------------------------------------------------------------------------------
 
     async def gateway(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(max_msg_size=0, compress=False)
         await ws.prepare(request)
-        await ws.send_str(json.dumps({"op": 10, "d": {"heartbeat_interval": self.heartbeat_ms}, "s": None, "t": None}))
+        await ws.send_str(
+            json.dumps(
+                {"op": 10, "d": {"heartbeat_interval": self.heartbeat_ms}, "s": None, "t": None}
+            )
+        )
         session: Session | None = None
         writer: asyncio.Task[None] | None = None
         try:
@@ -124,11 +145,17 @@ class DiscordSim:
                         await ws.close(code=4004, message=b"Authentication failed.")
                         break
                     shard_id, count = d.get("shard") or [0, 1]
-                    if not (isinstance(shard_id, int) and isinstance(count, int) and 0 <= shard_id < count):
+                    if not (
+                        isinstance(shard_id, int)
+                        and isinstance(count, int)
+                        and 0 <= shard_id < count
+                    ):
                         await ws.close(code=4010, message=b"Invalid shard.")
                         break
                     session = Session(secrets.token_hex(16), (shard_id, count))
-                    self.identifies.append({"session": session.id, "shard": [shard_id, count], "at": time.time()})
+                    self.identifies.append(
+                        {"session": session.id, "shard": [shard_id, count], "at": time.time()}
+                    )
                     self.sessions[session.id] = session
                     writer = self._attach(session, ws)
                     self._send_ready(session)
@@ -144,7 +171,9 @@ class DiscordSim:
                         if seq > last:
                             session.outbox.put_nowait(frame)
                     session.seq += 1
-                    session.outbox.put_nowait(json.dumps({"op": 0, "t": "RESUMED", "s": session.seq, "d": {}}))
+                    session.outbox.put_nowait(
+                        json.dumps({"op": 0, "t": "RESUMED", "s": session.seq, "d": {}})
+                    )
                 # op 3 (presence), 4 (voice), 8 (member chunks): accepted and ignored
         finally:
             if session is not None and session.ws is ws:
@@ -181,7 +210,12 @@ class DiscordSim:
         session.seq += 1
         ready = {
             "v": 10,
-            "user": {**self.world.bot.payload(), "verified": True, "mfa_enabled": False, "flags": 0},
+            "user": {
+                **self.world.bot.payload(),
+                "verified": True,
+                "mfa_enabled": False,
+                "flags": 0,
+            },
             "guilds": [{"id": str(g.id), "unavailable": True} for g in shard_guilds],
             "session_id": session.id,
             "resume_gateway_url": f"{self.base_url.replace('http', 'ws', 1)}/gw",
@@ -200,7 +234,9 @@ class DiscordSim:
         session.outbox.put_nowait(frame)
         for guild in shard_guilds:
             session.seq += 1
-            frame = json.dumps({"op": 0, "t": "GUILD_CREATE", "s": session.seq, "d": guild.create_payload()})
+            frame = json.dumps(
+                {"op": 0, "t": "GUILD_CREATE", "s": session.seq, "d": guild.create_payload()}
+            )
             session.buffer.append((session.seq, frame))
             session.outbox.put_nowait(frame)
 
@@ -215,10 +251,13 @@ class DiscordSim:
 
     @web.middleware
     async def rest_auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path.startswith("/api/") and "/webhooks/" not in request.path and "/interactions/" not in request.path:
-            if request.headers.get("Authorization", "") != f"Bot {self.bot_token}":
-                self.record(request, None)
-                return _json({"message": "401: Unauthorized", "code": 0}, 401)
+        if (
+            request.path.startswith("/api/")
+            and "/webhooks/" not in request.path
+            and "/interactions/" not in request.path
+        ) and request.headers.get("Authorization", "") != f"Bot {self.bot_token}":
+            self.record(request, None)
+            return _json({"message": "401: Unauthorized", "code": 0}, 401)
         return await handler(request)
 
     async def _body(self, request: web.Request) -> Any:
@@ -233,7 +272,9 @@ class DiscordSim:
 
     async def users_me(self, request: web.Request) -> web.Response:
         self.record(request, None)
-        return _json({**self.world.bot.payload(), "verified": True, "mfa_enabled": False, "flags": 0})
+        return _json(
+            {**self.world.bot.payload(), "verified": True, "mfa_enabled": False, "flags": 0}
+        )
 
     async def application_me(self, request: web.Request) -> web.Response:
         self.record(request, None)
@@ -258,7 +299,12 @@ class DiscordSim:
             {
                 "url": f"{self.base_url.replace('http', 'ws', 1)}/gw",
                 "shards": 1,
-                "session_start_limit": {"total": 1000, "remaining": 1000, "reset_after": 0, "max_concurrency": 1},
+                "session_start_limit": {
+                    "total": 1000,
+                    "remaining": 1000,
+                    "reset_after": 0,
+                    "max_concurrency": 1,
+                },
             }
         )
 
@@ -326,7 +372,17 @@ class DiscordSim:
         if request.method == "GET":
             return _json([])
         items = body if isinstance(body, list) else []
-        return _json([{**c, "id": str(self.world.ids.next()), "application_id": str(self.world.application_id), "version": "1"} for c in items])
+        return _json(
+            [
+                {
+                    **c,
+                    "id": str(self.world.ids.next()),
+                    "application_id": str(self.world.application_id),
+                    "version": "1",
+                }
+                for c in items
+            ]
+        )
 
     async def unknown(self, request: web.Request) -> web.Response:
         self.record(request, await self._body(request))
@@ -341,10 +397,14 @@ class DiscordSim:
             return _json({"error": "count must be 1..10000"}, 400)
         created = []
         for i in range(count):
-            name = body.get("name", "guild") + (f"-{len(self.world.guilds) + 1}" if count > 1 or "name" not in body else "")
+            name = body.get("name", "guild") + (
+                f"-{len(self.world.guilds) + 1}" if count > 1 or "name" not in body else ""
+            )
             guild_id = int(body["guild_id"]) if "guild_id" in body and count == 1 else None
             try:
-                guild = self.world.create_guild(name, guild_id=guild_id, members=int(body.get("members", 3)))
+                guild = self.world.create_guild(
+                    name, guild_id=guild_id, members=int(body.get("members", 3))
+                )
             except ValueError as exc:
                 return _json({"error": str(exc)}, 409)
             self.dispatch(guild.id, "GUILD_CREATE", guild.create_payload())
@@ -360,7 +420,9 @@ class DiscordSim:
         try:
             return self.world.guild(int(value))
         except (TypeError, ValueError, KeyError):
-            raise web.HTTPNotFound(text=json.dumps({"error": f"no guild {value!r}"}), content_type="application/json") from None
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": f"no guild {value!r}"}), content_type="application/json"
+            ) from None
 
     async def control_messages(self, request: web.Request) -> web.Response:
         """Inject MESSAGE_CREATEs: ``count`` per guild, round-robin, at ``rate``/s (0: flat out)."""
@@ -375,7 +437,13 @@ class DiscordSim:
         for n in range(count):
             for guild in guilds:
                 channel = next(iter(guild.channels))
-                user = int(author) if author else [m for m in guild.members if m != self.world.bot.id][n % (len(guild.members) - 1)]
+                user = (
+                    int(author)
+                    if author
+                    else [m for m in guild.members if m != self.world.bot.id][
+                        n % (len(guild.members) - 1)
+                    ]
+                )
                 message = self.world.message(guild, channel, user, content)
                 self.dispatch(guild.id, "MESSAGE_CREATE", message)
                 sent += 1
@@ -387,19 +455,30 @@ class DiscordSim:
                     await asyncio.sleep(delay)
             elif n % 200 == 199:
                 await asyncio.sleep(0)
-        return _json({"sent": sent, "message_ids": ids, "seconds": round(time.perf_counter() - started, 4)})
+        return _json(
+            {"sent": sent, "message_ids": ids, "seconds": round(time.perf_counter() - started, 4)}
+        )
 
     async def control_event(self, request: web.Request) -> web.Response:
         body = await request.json()
         guild = self._guild(body.get("guild_id"))
         kind = body.get("type")
         if kind == "message_delete":
-            data: dict[str, Any] = {"id": str(body["message_id"]), "channel_id": str(body.get("channel_id") or next(iter(guild.channels))), "guild_id": str(guild.id)}
+            data: dict[str, Any] = {
+                "id": str(body["message_id"]),
+                "channel_id": str(body.get("channel_id") or next(iter(guild.channels))),
+                "guild_id": str(guild.id),
+            }
             event = "MESSAGE_DELETE"
         elif kind in ("ban", "member_remove"):
             user_id = int(body["user_id"])
             user = guild.members[user_id][0] if user_id in guild.members else None
-            data = {"guild_id": str(guild.id), "user": user.payload() if user else {"id": str(user_id), "username": "gone", "discriminator": "0", "avatar": None}}
+            data = {
+                "guild_id": str(guild.id),
+                "user": user.payload()
+                if user
+                else {"id": str(user_id), "username": "gone", "discriminator": "0", "avatar": None},
+            }
             event = "GUILD_BAN_ADD" if kind == "ban" else "GUILD_MEMBER_REMOVE"
             if kind == "member_remove":
                 guild.members.pop(user_id, None)
@@ -416,19 +495,48 @@ class DiscordSim:
         if body.get("target_message"):
             target = body["target_message"]
         elif body.get("target_message_id"):
-            author = int(body.get("target_author_id") or next(m for m in guild.members if m not in (guild.owner.id, self.world.bot.id)))
-            target = self.world.message(guild, next(iter(guild.channels)), author, str(body.get("target_content", "reported text")))
+            author = int(
+                body.get("target_author_id")
+                or next(m for m in guild.members if m not in (guild.owner.id, self.world.bot.id))
+            )
+            target = self.world.message(
+                guild,
+                next(iter(guild.channels)),
+                author,
+                str(body.get("target_content", "reported text")),
+            )
             target["id"] = str(body["target_message_id"])
         options = {k: tuple(v) for k, v in (body.get("options") or {}).items()}
         payload = self.world.interaction(
-            guild, user_id, body["command"], kind=int(body.get("kind", 1)), options=options, target_message=target
+            guild,
+            user_id,
+            body["command"],
+            kind=int(body.get("kind", 1)),
+            options=options,
+            target_message=target,
         )
         if body.get("payload_override"):
             payload.update(body["payload_override"])
-        status, text, elapsed = await self.send_webhook(body["url"], payload, timestamp=body.get("timestamp"), tamper=bool(body.get("tamper")))
-        return _json({"status": status, "body": text, "elapsed_ms": round(elapsed * 1000, 1), "interaction": payload})
+        status, text, elapsed = await self.send_webhook(
+            body["url"], payload, timestamp=body.get("timestamp"), tamper=bool(body.get("tamper"))
+        )
+        return _json(
+            {
+                "status": status,
+                "body": text,
+                "elapsed_ms": round(elapsed * 1000, 1),
+                "interaction": payload,
+            }
+        )
 
-    async def send_webhook(self, url: str, payload: dict[str, Any], *, timestamp: str | None = None, tamper: bool = False) -> tuple[int, str, float]:
+    async def send_webhook(
+        self,
+        url: str,
+        payload: dict[str, Any],
+        *,
+        timestamp: str | None = None,
+        tamper: bool = False,
+    ) -> tuple[int, str, float]:
         if self._http is None:
             self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
         raw = json.dumps(payload).encode()
@@ -448,7 +556,12 @@ class DiscordSim:
         return _json(
             {
                 "sessions": [
-                    {"id": s.id, "shard": list(s.shard), "connected": s.ws is not None, "dispatched": s.dispatched}
+                    {
+                        "id": s.id,
+                        "shard": list(s.shard),
+                        "connected": s.ws is not None,
+                        "dispatched": s.dispatched,
+                    }
                     for s in self.sessions.values()
                 ],
                 "identifies": self.identifies,
@@ -478,8 +591,12 @@ def build_sim_app(sim: DiscordSim) -> web.Application:
     r.add_get(f"{api}/oauth2/applications/@me", sim.application_me)
     r.add_get(f"{api}/gateway/bot", sim.gateway_bot)
     r.add_post(f"{api}/channels/{{channel_id}}/messages", sim.create_message)
-    r.add_post(f"{api}/interactions/{{interaction_id}}/{{token}}/callback", sim.interaction_callback)
-    r.add_route("*", f"{api}/webhooks/{{app_id}}/{{token}}/messages/{{message_id}}", sim.webhook_message)
+    r.add_post(
+        f"{api}/interactions/{{interaction_id}}/{{token}}/callback", sim.interaction_callback
+    )
+    r.add_route(
+        "*", f"{api}/webhooks/{{app_id}}/{{token}}/messages/{{message_id}}", sim.webhook_message
+    )
     r.add_post(f"{api}/webhooks/{{app_id}}/{{token}}", sim.webhook_message)
     r.add_route("*", f"{api}/applications/{{app_id}}/commands", sim.commands)
     r.add_route("*", f"{api}/applications/{{app_id}}/guilds/{{guild_id}}/commands", sim.commands)

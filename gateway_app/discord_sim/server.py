@@ -43,7 +43,11 @@ async def start_sim(
 ) -> RunningSim:
     from .settings import TEST_SIGNING_SEED
 
-    sim = DiscordSim(bot_token=bot_token, application_id=application_id, signing_seed=signing_seed or TEST_SIGNING_SEED)
+    sim = DiscordSim(
+        bot_token=bot_token,
+        application_id=application_id,
+        signing_seed=signing_seed or TEST_SIGNING_SEED,
+    )
     for i in range(seed_guilds):
         sim.world.create_guild(f"guild-{i + 1}")
     runner = web.AppRunner(build_sim_app(sim), access_log=None)
@@ -66,7 +70,10 @@ async def serve(args: argparse.Namespace) -> None:
     )
     log.info(
         "discord simulator on %s (REST %s, gateway %s, public key %s)",
-        running.url, running.api_url, running.gateway_url, running.sim.signer.public_key_hex,
+        running.url,
+        running.api_url,
+        running.gateway_url,
+        running.sim.signer.public_key_hex,
     )
     try:
         await asyncio.Event().wait()

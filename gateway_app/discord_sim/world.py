@@ -33,7 +33,9 @@ class Snowflakes:
 
 def iso(ts: float | None = None) -> str:
     t = time.time() if ts is None else ts
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}000+00:00"
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}000+00:00"
+    )
 
 
 @dataclass
@@ -61,7 +63,9 @@ class Guild:
     owner: User
     channels: dict[int, str] = field(default_factory=dict)  # id -> name
     roles: dict[int, tuple[str, int]] = field(default_factory=dict)  # id -> (name, permissions)
-    members: dict[int, tuple[User, list[int]]] = field(default_factory=dict)  # id -> (user, role ids)
+    members: dict[int, tuple[User, list[int]]] = field(
+        default_factory=dict
+    )  # id -> (user, role ids)
 
     def role_payload(self, role_id: int) -> dict[str, Any]:
         name, perms = self.roles[role_id]
@@ -179,7 +183,12 @@ class World:
         self.guilds: dict[int, Guild] = {}
 
     def create_guild(
-        self, name: str, *, guild_id: int | None = None, members: int = 3, channels: tuple[str, ...] = ("general", "mod-log")
+        self,
+        name: str,
+        *,
+        guild_id: int | None = None,
+        members: int = 3,
+        channels: tuple[str, ...] = ("general", "mod-log"),
     ) -> Guild:
         if guild_id is not None and guild_id in self.guilds:
             raise ValueError(f"guild {guild_id} exists")
@@ -207,8 +216,10 @@ class World:
 
     # -- event payloads ----------------------------------------------------------------------
 
-    def message(self, guild: Guild, channel_id: int, author_id: int, content: str) -> dict[str, Any]:
-        user, roles = guild.members[author_id]
+    def message(
+        self, guild: Guild, channel_id: int, author_id: int, content: str
+    ) -> dict[str, Any]:
+        user, _roles = guild.members[author_id]
         member = guild.member_payload(author_id)
         member.pop("user")
         return {

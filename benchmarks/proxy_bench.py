@@ -1,0 +1,289 @@
+"""Proxy throughput and latency: direct vs nginx (``hash $guild consistent``) vs this proxy.
+
+    python benchmarks/proxy_bench.py                 # 10 s per target, 64 connections
+    python benchmarks/proxy_bench.py --duration 5 --connections 32
+
+Needs ``wrk`` and ``nginx`` (Debian packages ``wrk`` and ``nginx-light``). Everything
+listens on 127.0.0.1. Three nginx "pods" answer instantly, so what is measured is the
+proxy in front of them. wrk requests ``/api/guilds/<random id>/stats``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN = "bench-admin"
+
+WRK_SCRIPT = """
+math.randomseed(os.time())
+request = function()
+  local id = string.format("%d%09d", math.random(100000000, 999999999), math.random(0, 999999999))
+  return wrk.format("GET", "/api/guilds/" .. id .. "/stats")
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def nginx_conf(tmp: Path, backends: list[int], proxy_port: int, workers: int) -> Path:
+    servers = "\n".join(
+        f"server {{ listen 127.0.0.1:{p}; access_log off; location / {{ default_type application/json; return 200 '{{\"ok\":true}}'; }} }}"
+        for p in backends
+    )
+    upstream = "\n".join(f"server 127.0.0.1:{p};" for p in backends)
+    conf = tmp / "nginx.conf"
+    conf.write_text(
+        f"""
+worker_processes {workers};
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fcgi;
+  uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+  {servers}
+  upstream pods {{ hash $guild consistent; {upstream} keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{proxy_port};
+    location ~ ^/api/guilds/(?<guild>[0-9]+)/ {{
+      proxy_pass http://pods; proxy_http_version 1.1; proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+    )
+    return conf
+
+
+def wrk(url: str, duration: int, connections: int, script: Path) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+
+    def pct(p: str) -> float:
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+        assert m, out
+        value, unit = float(m.group(1)), m.group(2)
+        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": rps,
+        "p50": pct("50"),
+        "p99": pct("99"),
+        "non2xx": int(errors.group(1)) if errors else 0,
+    }
+
+
+def wait_http(url: str, timeout: float = 30) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{url} did not come up")
+
+
+def print_profile(path: Path, top: int = 14) -> None:
+    """Self and inclusive time by function, from py-spy's raw (collapsed stack) output."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = [
+            f.split(" (")[0] + " (" + f.split(" (")[-1].split("/")[-1] for f in stack.split(";")
+        ]
+        n = int(count)
+        total += n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + n
+    print(f"# profile of the proxy process ({total} samples)")
+    for title, table in (("self", own), ("inclusive", inclusive)):
+        print(f"  top {title} time:")
+        for name, n in sorted(table.items(), key=lambda kv: -kv[1])[:top]:
+            print(f"    {100 * n / total:5.1f}%  {name}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument(
+        "--nginx-workers",
+        type=int,
+        default=1,
+        help="nginx worker processes (default 1: one core, like the proxy)",
+    )
+    parser.add_argument("--proxy-workers", type=int, default=1)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="py-spy the proxy during its run and print where the time goes",
+    )
+    args = parser.parse_args()
+    for tool in ("wrk", "nginx"):
+        if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists():
+            raise SystemExit(f"{tool} is needed: apt-get install wrk nginx-light")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    tmp = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
+    script = tmp / "random.lua"
+    script.write_text(WRK_SCRIPT)
+    backends = [free_port() for _ in range(3)]
+    nginx_port, config_port = free_port(), free_port()
+    conf = nginx_conf(tmp, backends, nginx_port, args.nginx_workers)
+    procs: list[subprocess.Popen[bytes]] = []
+    env = {
+        **os.environ,
+        "MODBOT_ADMIN_TOKEN": ADMIN,
+        "MODBOT_READ_TOKEN": ADMIN,
+        "MODBOT_INTERNAL_TOKEN": "x",
+    }
+    cli = str(Path(sys.executable).parent / "modbot-ring")
+    try:
+        procs.append(subprocess.Popen([nginx, "-c", str(conf), "-g", "daemon off;"]))
+        wait_http(f"http://127.0.0.1:{backends[0]}/")
+        procs.append(
+            subprocess.Popen(
+                [
+                    cli,
+                    "serve",
+                    "config",
+                    "--port",
+                    str(config_port),
+                    "--database-url",
+                    f"sqlite:///{tmp}/config.db",
+                    "--shard-count",
+                    "0",
+                    "--heartbeat-timeout",
+                    "1e9",
+                    "--log-level",
+                    "warning",
+                ],
+                env=env,
+            )
+        )
+        wait_http(f"http://127.0.0.1:{config_port}/healthz")
+        for i, port in enumerate(backends):
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{config_port}/v1/pods/gateway-{i}",
+                method="PUT",
+                data=json.dumps({"url": f"http://127.0.0.1:{port}"}).encode(),
+                headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"},
+            )
+            urllib.request.urlopen(req).read()
+        proxy_ports = []
+        for _ in range(args.proxy_workers):
+            proxy_ports.append(free_port())
+        proxy_port = proxy_ports[0]
+        for _ in range(args.proxy_workers):  # several workers share one port (SO_REUSEPORT)
+            procs.append(
+                subprocess.Popen(
+                    [
+                        cli,
+                        "serve",
+                        "proxy",
+                        "--port",
+                        str(proxy_port),
+                        "--config-url",
+                        f"http://127.0.0.1:{config_port}",
+                        "--log-level",
+                        "warning",
+                    ],
+                    env=env,
+                )
+            )
+        wait_http(f"http://127.0.0.1:{proxy_port}/readyz")
+        wrk(f"http://127.0.0.1:{proxy_port}", 2, args.connections, script)  # warm up pools
+        wrk(f"http://127.0.0.1:{nginx_port}", 2, args.connections, script)
+        rows = {
+            "direct (one backend)": wrk(
+                f"http://127.0.0.1:{backends[0]}", args.duration, args.connections, script
+            ),
+            f"nginx hash $guild consistent ({args.nginx_workers} worker)": wrk(
+                f"http://127.0.0.1:{nginx_port}", args.duration, args.connections, script
+            ),
+        }
+        spy = None
+        if args.profile:
+            spy = subprocess.Popen(
+                [
+                    "py-spy",
+                    "record",
+                    "--format",
+                    "raw",
+                    "-o",
+                    str(tmp / "profile.txt"),
+                    "-d",
+                    str(args.duration),
+                    "--nonblocking",
+                    "--pid",
+                    str(procs[-1].pid),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        rows[f"modbot-ring proxy ({args.proxy_workers} process)"] = wrk(
+            f"http://127.0.0.1:{proxy_port}", args.duration, args.connections, script
+        )
+        if spy is not None:
+            spy.wait(30)
+            print_profile(tmp / "profile.txt")
+    finally:
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    nginx_row = rows[next(k for k in rows if k.startswith("nginx"))]
+    print(
+        f"# proxy_bench: wrk -t1 -c{args.connections} -d{args.duration}s, random guild ids, 3 instant backends, Python {platform.python_version()}"
+    )
+    print(
+        f"  {'target':<46} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'vs nginx':>9}"
+    )
+    for name, r in rows.items():
+        print(
+            f"  {name:<46} {r['rps']:>10.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['non2xx']:>8d} {r['rps'] / nginx_row['rps']:>8.2f}x"
+        )
+    proxy_row = rows[next(k for k in rows if k.startswith("modbot"))]
+    print(
+        f"  goal: throughput >= 0.5x nginx (got {proxy_row['rps'] / nginx_row['rps']:.2f}x), p99 <= 3x nginx's (got {proxy_row['p99'] / nginx_row['p99']:.2f}x)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""The console script's servers start from their flags alone (what Kubernetes and `dev up` run)."""
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import aiohttp
+from conftest import ADMIN, READ, free_port
+
+CLI = str(Path(sys.executable).parent / "modbot-ring")
+
+
+async def wait_ok(http, url, timeout=30):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        try:
+            async with http.get(url) as r:
+                if r.status == 200:
+                    return await r.json()
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} never answered 200")
+
+
+async def test_serve_config_sim_and_proxy_from_flags(tmp_path):
+    env = {**os.environ, "MODBOT_ADMIN_TOKEN": ADMIN, "MODBOT_READ_TOKEN": READ}
+    config_port, sim_port, proxy_port = free_port(), free_port(), free_port()
+    procs = [
+        await asyncio.create_subprocess_exec(
+            CLI,
+            "serve",
+            "config",
+            "--port",
+            str(config_port),
+            "--database-url",
+            f"sqlite:///{tmp_path}/c.db",
+            "--shard-count",
+            "4",
+            env=env,
+        ),
+        await asyncio.create_subprocess_exec(
+            CLI, "serve", "discord-sim", "--port", str(sim_port), "--seed-guilds", "3", env=env
+        ),
+        await asyncio.create_subprocess_exec(
+            CLI,
+            "serve",
+            "proxy",
+            "--port",
+            str(proxy_port),
+            "--config-url",
+            f"http://127.0.0.1:{config_port}",
+            "--discord-public-key",
+            "00" * 32,
+            env=env,
+        ),
+    ]
+    try:
+        async with aiohttp.ClientSession() as http:
+            ready = await wait_ok(http, f"http://127.0.0.1:{config_port}/readyz")
+            assert ready["database"] == "ok"
+            info = await wait_ok(http, f"http://127.0.0.1:{sim_port}/control/info")
+            assert info["guilds"] == 3 and len(info["public_key"]) == 64
+            ready = await wait_ok(http, f"http://127.0.0.1:{proxy_port}/readyz")
+            assert ready["config_service"] == "ok"
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            assert await asyncio.wait_for(proc.wait(), 10) == 0  # clean exit on SIGTERM
