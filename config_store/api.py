@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from modbot_ring import InvalidGuildId, NoRouteError, parse_guild_id
 
 from .client.observability import json_error
+from .migrator import Migrator
 from .openapi import OPENAPI
 from .publisher import Snapshot, TablePublisher
 from .store import Invalid, Store, StoreError, StoreUnavailable
@@ -34,6 +35,7 @@ ACTOR_HEADER = "X-Modbot-Actor"
 STORE_KEY: web.AppKey[Store] = web.AppKey("store", Store)
 PUBLISHER_KEY: web.AppKey[TablePublisher] = web.AppKey("publisher", TablePublisher)
 SETTINGS_KEY: web.AppKey[dict[str, Any]] = web.AppKey("settings", dict)
+MIGRATOR_KEY: web.AppKey[Migrator] = web.AppKey("migrator", Migrator)
 METRICS_KEY: web.AppKey[ApiMetrics] = web.AppKey("metrics")
 
 
@@ -512,6 +514,99 @@ async def get_audit(request: web.Request) -> web.Response:
     )
 
 
+# -- migrations, plans, verify ---------------------------------------------------------------
+
+
+@role("admin")
+async def start_migration(request: web.Request) -> web.Response:
+    body = await _body(request, {"guild_id": str, "to": str})
+    try:
+        gid = parse_guild_id(body["guild_id"])
+    except InvalidGuildId as exc:
+        raise Invalid(str(exc)) from None
+    migration = await request.app[MIGRATOR_KEY].migrate(gid, body["to"], _actor(request))
+    return web.json_response(migration, status=202)
+
+
+@role("read")
+async def list_migrations(request: web.Request) -> web.Response:
+    migrator = request.app[MIGRATOR_KEY]
+    rows = await migrator.migrations.list(
+        open_only=request.query.get("open") == "1", plan_id=request.query.get("plan")
+    )
+    return web.json_response({"migrations": rows})
+
+
+def _int_param(request: web.Request, name: str) -> int:
+    try:
+        return int(request.match_info[name])
+    except ValueError:
+        raise Invalid(f"{name} must be an integer") from None
+
+
+@role("read")
+async def get_migration(request: web.Request) -> web.Response:
+    return web.json_response(
+        await request.app[MIGRATOR_KEY].migrations.get(_int_param(request, "id"))
+    )
+
+
+@role("admin")
+async def cancel_migration(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[MIGRATOR_KEY].cancel(_int_param(request, "id")))
+
+
+@role("admin")
+async def create_plan(request: web.Request) -> web.Response:
+    body = await _body(request, {}, {"epsilon": float, "max_moves": (int, type(None))})
+    epsilon = float(body.get("epsilon", 0.05))
+    if not 0 <= epsilon <= 10:
+        raise Invalid("epsilon must be between 0 and 10")
+    max_moves = body.get("max_moves")
+    if max_moves is not None and max_moves < 1:
+        raise Invalid("max_moves must be at least 1")
+    plan = await request.app[MIGRATOR_KEY].generate_plan(
+        epsilon=epsilon, max_moves=max_moves, actor=_actor(request)
+    )
+    return web.json_response(plan, status=201)
+
+
+@role("read")
+async def get_plan(request: web.Request) -> web.Response:
+    migrator = request.app[MIGRATOR_KEY]
+    record = await migrator.migrations.plan(request.match_info["id"])
+    record["migrations"] = await migrator.migrations.list(plan_id=record["id"], limit=10_000)
+    return web.json_response(record)
+
+
+@role("read")
+async def list_plans(request: web.Request) -> web.Response:
+    return web.json_response({"plans": await request.app[MIGRATOR_KEY].migrations.plans()})
+
+
+@role("admin")
+async def apply_plan(request: web.Request) -> web.Response:
+    body = await _body(request, {}, {"concurrency": int})
+    concurrency = int(body.get("concurrency", 1))
+    if not 1 <= concurrency <= 64:
+        raise Invalid("concurrency must be 1..64")
+    await request.app[MIGRATOR_KEY].apply_plan(
+        request.match_info["id"], concurrency, _actor(request)
+    )
+    return web.json_response({"id": request.match_info["id"], "state": "executing"}, status=202)
+
+
+@role("admin")
+async def cancel_plan(request: web.Request) -> web.Response:
+    await request.app[MIGRATOR_KEY].cancel_plan(request.match_info["id"])
+    return web.json_response({"id": request.match_info["id"], "cancelling": True})
+
+
+@role("read")
+async def verify(request: web.Request) -> web.Response:
+    return web.json_response(await request.app[MIGRATOR_KEY].verify())
+
+
 async def openapi(_: web.Request) -> web.Response:
     return web.json_response(OPENAPI)
 
@@ -537,3 +632,13 @@ def add_routes(app: web.Application) -> None:
     r.add_delete("/v1/pins/{guild_id}", delete_pin)
     r.add_get("/v1/guilds/{guild_id}/route", get_route)
     r.add_get("/v1/audit", get_audit)
+    r.add_get("/v1/migrations", list_migrations)
+    r.add_post("/v1/migrations", start_migration)
+    r.add_get("/v1/migrations/{id}", get_migration)
+    r.add_post("/v1/migrations/{id}/cancel", cancel_migration)
+    r.add_get("/v1/plans", list_plans)
+    r.add_post("/v1/plans", create_plan)
+    r.add_get("/v1/plans/{id}", get_plan)
+    r.add_post("/v1/plans/{id}/apply", apply_plan)
+    r.add_post("/v1/plans/{id}/cancel", cancel_plan)
+    r.add_get("/v1/verify", verify)

@@ -247,6 +247,82 @@ OPENAPI: dict[str, Any] = {
                 ],
             )
         },
+        "/v1/migrations": {
+            "get": _op("migrations, newest first (?open=1, ?plan=ID)"),
+            "post": _op(
+                "migrate one guild to a pod (runs in the background)",
+                admin=True,
+                body=_obj(
+                    {"guild_id": {"type": "string"}, "to": {"type": "string"}}, ["guild_id", "to"]
+                ),
+                ok={"description": "accepted"},
+                extra={"202": {"description": "started"}, "409": _ERROR},
+            ),
+        },
+        "/v1/migrations/{id}": {
+            "get": _op(
+                "one migration and its state",
+                params=[
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
+                ],
+                extra={"404": _ERROR},
+            )
+        },
+        "/v1/migrations/{id}/cancel": {
+            "post": _op(
+                "roll back a migration that has not flipped yet",
+                admin=True,
+                params=[
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
+                ],
+                extra={"409": _ERROR},
+            )
+        },
+        "/v1/plans": {
+            "get": _op("recent plans"),
+            "post": _op(
+                "generate a rebalancing plan (dry run: nothing moves until apply)",
+                admin=True,
+                body=_obj(
+                    {"epsilon": {"type": "number"}, "max_moves": {"type": ["integer", "null"]}}
+                ),
+                extra={
+                    "201": {"description": "the plan, with the current assignment for rollback"}
+                },
+            ),
+        },
+        "/v1/plans/{id}": {
+            "get": _op(
+                "a plan with its migrations' progress",
+                params=[
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                extra={"404": _ERROR},
+            )
+        },
+        "/v1/plans/{id}/apply": {
+            "post": _op(
+                "execute a plan (one plan at a time; refused if the table moved on)",
+                admin=True,
+                params=[
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                body=_obj({"concurrency": {"type": "integer", "minimum": 1, "maximum": 64}}),
+                extra={"202": {"description": "executing"}, "409": _ERROR},
+            )
+        },
+        "/v1/plans/{id}/cancel": {
+            "post": _op(
+                "stop a plan: moves not yet flipped roll back",
+                admin=True,
+                params=[
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+            )
+        },
+        "/v1/verify": {
+            "get": _op("every pod holds rows only of guilds it owns; no migration is stuck")
+        },
         "/v1/openapi.json": {
             "get": {
                 "summary": "this document",

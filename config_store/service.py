@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from .api import (
     MAX_BODY,
     METRICS_KEY,
+    MIGRATOR_KEY,
     PUBLISHER_KEY,
     SETTINGS_KEY,
     STORE_KEY,
@@ -23,6 +24,7 @@ from .api import (
     errors_middleware,
 )
 from .client.observability import add_health_routes, setup_logging
+from .migrator import Migrator
 from .publisher import TablePublisher
 from .store import Store, StoreError, open_store
 
@@ -38,6 +40,8 @@ def build_app(
     redis_prefix: str = "modbot",
     heartbeat_timeout: float = 15.0,
     poll_interval: float = 1.0,
+    internal_token: str = "",
+    migration_step_delay: float = 0.0,
 ) -> web.Application:
     """The app, ready for an AppRunner; starts its background tasks on startup."""
     registry = CollectorRegistry()
@@ -52,6 +56,10 @@ def build_app(
     app[PUBLISHER_KEY] = publisher
     app[METRICS_KEY] = metrics
     app[SETTINGS_KEY] = {"admin_token": admin_token, "read_token": read_token}
+    migrator = Migrator(
+        store, publisher, internal_token=internal_token, step_delay=migration_step_delay
+    )
+    app[MIGRATOR_KEY] = migrator
     if not admin_token:
         log.warning("no admin token configured: every write will be refused")
     add_routes(app)
@@ -100,12 +108,14 @@ def build_app(
 
     async def lifecycle(app: web.Application) -> Any:
         await publisher.start()
+        await migrator.start()
         tasks = [asyncio.create_task(sweep_offline()), asyncio.create_task(gauges())]
         yield
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await migrator.stop()
         await publisher.stop()
 
     async def release_long_polls(_: web.Application) -> None:
@@ -129,6 +139,8 @@ async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None)
         redis_url=args.redis_url,
         redis_prefix=args.redis_prefix,
         heartbeat_timeout=args.heartbeat_timeout,
+        internal_token=args.internal_token,
+        migration_step_delay=args.migration_step_delay,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

@@ -38,9 +38,23 @@ SERVE_FLAGS = [
         "Discord shard count set on first start (0: key the ring by guild id)",
         int,
     ),
+    Flag(
+        "internal-token",
+        "MODBOT_INTERNAL_TOKEN",
+        "",
+        "bearer token for the pods' internal API (migrations)",
+        secret=True,
+    ),
+    Flag(
+        "migration-step-delay",
+        "MODBOT_MIGRATION_STEP_DELAY",
+        0.0,
+        "pause before each migration step (for drills and tests)",
+        float,
+    ),
     Flag("db-schema", "MODBOT_DB_SCHEMA", "", "PostgreSQL schema to use (default: search_path)"),
     Flag("migrate", "MODBOT_DB_MIGRATE", True, "apply schema migrations at start", env_bool),
     Flag("log-level", "MODBOT_LOG_LEVEL", "info", "log level", str),
 ]
 
-DB_FLAGS = [SERVE_FLAGS[2], SERVE_FLAGS[9]]
+DB_FLAGS = [f for f in SERVE_FLAGS if f.name in ("database-url", "db-schema")]

@@ -197,7 +197,7 @@ class Store:
                     for g, e in await tx.fetchall("SELECT guild_id, epoch FROM guild_epochs")
                 }
                 moving = await tx.fetchall(
-                    "SELECT guild_id, shard FROM migrations WHERE state NOT IN ('done', 'rolled_back', 'cancelled')"
+                    "SELECT guild_id, shard, target FROM migrations WHERE state NOT IN ('done', 'rolled_back', 'cancelled')"
                 )
         except DatabaseUnavailable as exc:
             raise StoreUnavailable(f"database unavailable: {exc}") from None
@@ -209,8 +209,8 @@ class Store:
             algorithm=algorithm,
             pins=pins,
             shard_pins=shard_pins,
-            migrating=[int(g) for g, _ in moving if g is not None],
-            migrating_shards=[s for g, s in moving if g is None and s is not None],
+            migrating={g: t for g, _, t in moving if g is not None},
+            migrating_shards=[s for g, s, _ in moving if g is None and s is not None],
             epochs=epochs,
         )
 
@@ -529,6 +529,255 @@ class Store:
         """Set ring settings on a brand-new store (version 0); later starts leave them alone."""
         if await self.version() == 0:
             await self.set_ring(shard_count, algorithm, "control-plane", expected_version=0)
+
+
+OPEN_MIGRATION = "state NOT IN ('done', 'rolled_back', 'cancelled')"
+_MIGRATION_COLUMNS = (
+    "id, plan_id, guild_id, shard, source, target, state, epoch, created_at, updated_at, detail"
+)
+
+
+def _migration(row: tuple[Any, ...]) -> dict[str, Any]:
+    mid, plan, guild, shard, source, target, state, epoch, created, updated, detail = row
+    return {
+        "id": int(mid),
+        "plan_id": plan,
+        "guild_id": guild,
+        "shard": shard,
+        "source": source,
+        "target": target,
+        "state": state,
+        "epoch": int(epoch),
+        "created_at": created,
+        "updated_at": updated,
+        "detail": json.loads(detail),
+    }
+
+
+class MigrationStore:
+    """Migrations and plans: the rebalancing state machine's durable half."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def start(
+        self, guild_id: int, source: str, target: str, actor: str, plan_id: str | None = None
+    ) -> dict[str, Any]:
+        if source == target:
+            raise Invalid(f"guild {guild_id} is already on {target}")
+        created: dict[str, Any] = {}
+
+        async def apply(tx: Tx) -> bool:
+            row = await tx.fetchone("SELECT state, online FROM pods WHERE name = %s", (target,))
+            if row is None:
+                raise Conflict(f"cannot migrate to unknown pod {target!r}")
+            if row[0] != "active" or not row[1]:
+                raise Conflict(
+                    f"cannot migrate to pod {target!r}: it is {'draining' if row[1] else 'offline'}"
+                )
+            if await tx.fetchone(
+                f"SELECT id FROM migrations WHERE guild_id = %s AND {OPEN_MIGRATION}",
+                (str(guild_id),),
+            ):
+                raise Conflict(f"guild {guild_id} is already migrating")
+            epoch_row = await tx.fetchone(
+                "SELECT epoch FROM guild_epochs WHERE guild_id = %s", (str(guild_id),)
+            )
+            epoch = (int(epoch_row[0]) if epoch_row else 0) + 1
+            now = time.time()
+            await tx.execute(
+                "INSERT INTO migrations (plan_id, guild_id, shard, source, target, state, epoch, created_at, updated_at, detail)"
+                " VALUES (%s, %s, NULL, %s, %s, 'prepared', %s, %s, %s, '{}')",
+                (plan_id, str(guild_id), source, target, epoch, now, now),
+            )
+            found = await tx.fetchone(
+                f"SELECT {_MIGRATION_COLUMNS} FROM migrations WHERE guild_id = %s AND {OPEN_MIGRATION}",
+                (str(guild_id),),
+            )
+            assert found is not None
+            created.update(_migration(found))
+            return True
+
+        detail = {"guild_id": str(guild_id), "from": source, "to": target, "plan": plan_id}
+        created["version"] = await self.store._change("migration.start", actor, detail, apply)
+        return created
+
+    async def get(self, migration_id: int) -> dict[str, Any]:
+        rows = await self.store._read_all(
+            f"SELECT {_MIGRATION_COLUMNS} FROM migrations WHERE id = %s", (migration_id,)
+        )
+        if not rows:
+            raise NotFound(f"no migration {migration_id}")
+        return _migration(rows[0])
+
+    async def list(
+        self, *, open_only: bool = False, plan_id: str | None = None, limit: int = 200
+    ) -> list[dict[str, Any]]:
+        where, params = [], []
+        if open_only:
+            where.append(OPEN_MIGRATION)
+        if plan_id:
+            where.append("plan_id = %s")
+            params.append(plan_id)
+        sql = f"SELECT {_MIGRATION_COLUMNS} FROM migrations" + (
+            f" WHERE {' AND '.join(where)}" if where else ""
+        )
+        rows = await self.store._read_all(sql + " ORDER BY id DESC LIMIT %s", (*params, limit))
+        return [_migration(r) for r in rows]
+
+    async def set_state(self, migration_id: int, state: str, **detail: Any) -> None:
+        try:
+            async with self.store.db.transaction() as tx:
+                row = await tx.fetchone(
+                    "SELECT detail FROM migrations WHERE id = %s", (migration_id,)
+                )
+                merged = {**(json.loads(row[0]) if row else {}), **detail}
+                await tx.execute(
+                    "UPDATE migrations SET state = %s, updated_at = %s, detail = %s WHERE id = %s",
+                    (state, time.time(), json.dumps(merged), migration_id),
+                )
+        except DatabaseUnavailable as exc:
+            raise StoreUnavailable(f"database unavailable: {exc}") from None
+
+    async def flip(self, migration_id: int, actor: str) -> int:
+        """The routing flip: the guild is pinned to its target with the new epoch."""
+        migration = await self.get(migration_id)
+
+        async def apply(tx: Tx) -> bool:
+            gid, target = migration["guild_id"], migration["target"]
+            row = await tx.fetchone("SELECT kind FROM pins WHERE guild_id = %s", (gid,))
+            kind = row[0] if row else "soft"
+            await tx.execute("DELETE FROM pins WHERE guild_id = %s", (gid,))
+            await tx.execute(
+                "INSERT INTO pins (guild_id, pod, kind, actor, reason, created_at) VALUES (%s, %s, %s, %s, %s, %s)",
+                (gid, target, kind, actor, f"migration {migration_id}", time.time()),
+            )
+            await tx.execute("DELETE FROM guild_epochs WHERE guild_id = %s", (gid,))
+            await tx.execute(
+                "INSERT INTO guild_epochs (guild_id, epoch) VALUES (%s, %s)",
+                (gid, migration["epoch"]),
+            )
+            await tx.execute(
+                "UPDATE migrations SET state = 'flipped', updated_at = %s WHERE id = %s",
+                (time.time(), migration_id),
+            )
+            return True
+
+        return await self.store._change(
+            "migration.flip",
+            actor,
+            {
+                "migration": migration_id,
+                "guild_id": migration["guild_id"],
+                "to": migration["target"],
+            },
+            apply,
+        )
+
+    async def close(self, migration_id: int, state: str, actor: str, **detail: Any) -> int:
+        await self.set_state(migration_id, state, **detail)
+
+        async def apply(tx: Tx) -> bool:
+            return True  # the new version drops the guild from the table's migrating set
+
+        return await self.store._change(
+            f"migration.{state}", actor, {"migration": migration_id, **detail}, apply
+        )
+
+    async def set_shard_pin(self, shard: int, pod: str, unpin_guilds: list[int], actor: str) -> int:
+        """A shard move's last step: the shard is assigned to ``pod`` and the guild pins
+        that carried its guilds over become redundant."""
+
+        async def apply(tx: Tx) -> bool:
+            await tx.execute("DELETE FROM shard_pins WHERE shard = %s", (shard,))
+            await tx.execute(
+                "INSERT INTO shard_pins (shard, pod, kind, actor, reason, created_at) VALUES (%s, %s, 'soft', %s, 'rebalance', %s)",
+                (shard, pod, actor, time.time()),
+            )
+            for gid in unpin_guilds:
+                await tx.execute(
+                    "DELETE FROM pins WHERE guild_id = %s AND pod = %s AND kind = 'soft'",
+                    (str(gid), pod),
+                )
+            return True
+
+        return await self.store._change(
+            "shard.assign", actor, {"shard": shard, "pod": pod, "guilds": len(unpin_guilds)}, apply
+        )
+
+    async def hold_shards(self, assignment: dict[int, str], actor: str) -> int:
+        """Pin shards where they are (before a drain or a new pod moves the ring)."""
+
+        async def apply(tx: Tx) -> bool:
+            for shard, pod in assignment.items():
+                if await tx.fetchone("SELECT 1 FROM shard_pins WHERE shard = %s", (shard,)) is None:
+                    await tx.execute(
+                        "INSERT INTO shard_pins (shard, pod, kind, actor, reason, created_at) VALUES (%s, %s, 'soft', %s, 'hold', %s)",
+                        (shard, pod, actor, time.time()),
+                    )
+            return bool(assignment)
+
+        return await self.store._change("shard.hold", actor, {"shards": len(assignment)}, apply)
+
+    # -- plans ----------------------------------------------------------------------------------
+
+    async def save_plan(
+        self, plan_id: str, body: dict[str, Any], base_version: int, actor: str
+    ) -> None:
+        try:
+            async with self.store.db.transaction() as tx:
+                await tx.execute(
+                    "INSERT INTO plans (id, created_at, base_version, state, actor, body) VALUES (%s, %s, %s, 'proposed', %s, %s)",
+                    (plan_id, time.time(), base_version, actor, json.dumps(body)),
+                )
+        except DatabaseUnavailable as exc:
+            raise StoreUnavailable(f"database unavailable: {exc}") from None
+
+    async def plan(self, plan_id: str) -> dict[str, Any]:
+        rows = await self.store._read_all(
+            "SELECT id, created_at, base_version, state, actor, body FROM plans WHERE id = %s",
+            (plan_id,),
+        )
+        if not rows:
+            raise NotFound(f"no plan {plan_id!r}")
+        pid, created, base, state, actor, body = rows[0]
+        return {
+            "id": pid,
+            "created_at": created,
+            "base_version": int(base),
+            "state": state,
+            "actor": actor,
+            "plan": json.loads(body),
+        }
+
+    async def plans(self, limit: int = 20) -> list[dict[str, Any]]:
+        rows = await self.store._read_all(
+            "SELECT id FROM plans ORDER BY created_at DESC LIMIT %s", (limit,)
+        )
+        return [await self.plan(r[0]) for r in rows]
+
+    async def set_plan_state(
+        self, plan_id: str, state: str, *, expect: tuple[str, ...] | None = None
+    ) -> None:
+        """Move a plan to ``state``; with ``expect``, only from one of those states
+        (``executing`` is the one-plan-at-a-time lock: at most one plan holds it)."""
+        try:
+            async with self.store.db.transaction() as tx:
+                await tx.fetchone("SELECT version FROM ring_state WHERE id = 1 FOR UPDATE")
+                row = await tx.fetchone("SELECT state FROM plans WHERE id = %s", (plan_id,))
+                if row is None:
+                    raise NotFound(f"no plan {plan_id!r}")
+                if expect is not None and row[0] not in expect:
+                    raise Conflict(f"plan {plan_id} is {row[0]}")
+                if state == "executing":
+                    busy = await tx.fetchone(
+                        "SELECT id FROM plans WHERE state = 'executing' AND id <> %s", (plan_id,)
+                    )
+                    if busy:
+                        raise Conflict(f"plan {busy[0]} is executing: only one plan runs at a time")
+                await tx.execute("UPDATE plans SET state = %s WHERE id = %s", (state, plan_id))
+        except DatabaseUnavailable as exc:
+            raise StoreUnavailable(f"database unavailable: {exc}") from None
 
 
 def _check_pod_name(name: str) -> None:

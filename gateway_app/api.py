@@ -28,7 +28,7 @@ log = logging.getLogger("modbot.gateway.api")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 POD_KEY: web.AppKey[Pod] = web.AppKey("pod")
 OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}
-MAX_BODY = 256 * 1024
+MAX_BODY = 256 * 1024 * 1024  # imports of large guilds arrive here
 
 
 @web.middleware

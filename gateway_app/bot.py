@@ -24,11 +24,12 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from .storage import GuildStore, MessageRow
+from .storage import GuildStore
 
 log = logging.getLogger("modbot.gateway.bot")
 
 Owns = Callable[[int], bool]
+Handle = Callable[[int, str, dict[str, Any]], str]  # (guild id, event key, event) -> outcome
 
 NOT_SET_UP = (
     "This server is not set up yet: an administrator can run `/setup moderator_role:<role> "
@@ -94,9 +95,7 @@ class GatewayClient(discord.AutoShardedClient):
         *,
         shard_ids: list[int],
         shard_count: int,
-        store: GuildStore,
-        owns: Owns,
-        load: LoadMeter,
+        handle: Handle,
         recent: RecentEvents,
         identify_interval: float = 5.0,
     ) -> None:
@@ -109,12 +108,8 @@ class GatewayClient(discord.AutoShardedClient):
             member_cache_flags=discord.MemberCacheFlags.none(),
             guild_ready_timeout=0.2,
         )
-        self.store = store
-        self.owns = owns
-        self.load = load
+        self.handle = handle
         self.recent = recent
-        self.stored = 0
-        self.skipped = 0
         self.ready_shards: set[int] = set()
         self.identify_interval = identify_interval
 
@@ -128,43 +123,39 @@ class GatewayClient(discord.AutoShardedClient):
         self.ready_shards.add(shard_id)
 
     async def on_message(self, message: discord.Message) -> None:
-        guild = message.guild
-        if guild is None or message.author.bot:
-            return
-        if not self.owns(guild.id):
-            self.skipped += 1
+        if message.guild is None or message.author.bot:
             return
         content = message.content
-        self.store.message_created(
-            MessageRow(
-                guild.id,
-                message.id,
-                message.channel.id,
-                message.author.id,
-                len(content.split()),
-                len(content),
-                message.created_at.timestamp(),
-            )
-        )
-        self.load.record(guild.id)
-        self.stored += 1
+        event = {
+            "kind": "message",
+            "message_id": message.id,
+            "channel_id": message.channel.id,
+            "author_id": message.author.id,
+            "words": len(content.split()),
+            "chars": len(content),
+            "at": message.created_at.timestamp(),
+        }
+        self.handle(message.guild.id, f"m:{message.id}", event)
 
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
-        if payload.guild_id is not None and self.owns(payload.guild_id):
-            self.store.message_deleted(payload.guild_id, payload.message_id, time.time())
+        if payload.guild_id is not None:
+            event = {"kind": "delete", "message_id": payload.message_id, "at": time.time()}
+            self.handle(payload.guild_id, f"d:{payload.message_id}", event)
 
     async def on_member_ban(
         self, guild: discord.Guild, user: discord.User | discord.Member
     ) -> None:
-        if self.owns(guild.id) and self.recent.first_time(("ban", guild.id, user.id)):
-            self.store.mod_action(guild.id, user.id, "ban", None, None, time.time())
+        if self.recent.first_time(("ban", guild.id, user.id)):
+            self.handle(
+                guild.id, f"b:{user.id}", {"kind": "ban", "user_id": user.id, "at": time.time()}
+            )
 
     async def on_raw_member_remove(self, payload: discord.RawMemberRemoveEvent) -> None:
-        if self.owns(payload.guild_id) and self.recent.first_time(
-            ("leave", payload.guild_id, payload.user.id)
-        ):
-            self.store.mod_action(
-                payload.guild_id, payload.user.id, "leave", None, None, time.time()
+        if self.recent.first_time(("leave", payload.guild_id, payload.user.id)):
+            self.handle(
+                payload.guild_id,
+                f"l:{payload.user.id}",
+                {"kind": "leave", "user_id": payload.user.id, "at": time.time()},
             )
 
 

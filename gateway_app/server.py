@@ -24,6 +24,8 @@ from config_store.client.table_client import RoutingTableClient
 from .api import MAX_BODY, POD_KEY, add_routes, internal_auth, misdirected_response, owner_or_none
 from .bot import CommandClient, GatewayClient, LoadMeter, RecentEvents
 from .discordpy import point_at
+from .gate import GuildGate
+from .migration_api import add_routes as add_migration_routes
 from .shards import ShardSupervisor
 from .storage import GuildStore
 
@@ -95,6 +97,7 @@ class Pod:
             read_token=settings.read_token or settings.admin_token,
             poll_interval=settings.table_poll,
         )
+        self.gate = GuildGate(self.name, self.table_client, self.store, self.owns, self.load)
         self.commands = CommandClient(self.store, self.owns)
         self.commands_ready = False
         self.shards = ShardSupervisor(self.name, settings.discord_token, self._gateway_client)
@@ -126,9 +129,7 @@ class Pod:
         return GatewayClient(
             shard_ids=shard_ids,
             shard_count=shard_count,
-            store=self.store,
-            owns=self.owns,
-            load=self.load,
+            handle=self.gate.handle,
             recent=self.recent,
             identify_interval=self.settings.identify_interval,
         )
@@ -139,6 +140,7 @@ class Pod:
         app = web.Application(middlewares=[internal_auth], client_max_size=MAX_BODY)
         app[POD_KEY] = self
         add_routes(app)
+        add_migration_routes(app)
 
         async def ready() -> tuple[bool, dict[str, Any]]:
             table = self.table_client.table
@@ -158,6 +160,7 @@ class Pod:
         s = self.settings
         point_at(s.discord_api_url, s.discord_gateway_url)
         await self.store.open()
+        await self.gate.load_fences()
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, s.host, s.port).start()

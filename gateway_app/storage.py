@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -73,9 +74,78 @@ SCHEMA = [
         CREATE INDEX mod_actions_by_user ON mod_actions (guild_id, user_id);
         """,
     ),
+    (
+        "0002_migration",
+        """
+        CREATE TABLE held_events (
+            id        INTEGER PRIMARY KEY AUTOINCREMENT,
+            guild_id  INTEGER NOT NULL,
+            event_key TEXT NOT NULL,
+            event     TEXT NOT NULL,
+            UNIQUE (guild_id, event_key)
+        );
+        CREATE TABLE guild_fences (
+            guild_id INTEGER PRIMARY KEY,
+            epoch    INTEGER NOT NULL,
+            state    TEXT NOT NULL CHECK (state IN ('frozen', 'holding', 'released', 'normal'))
+        );
+        """,
+    ),
 ]
 
-GUILD_TABLES = ("guilds", "message_stats", "reported_messages", "mod_actions")
+# Exported columns per table, in order (no local autoincrement ids: they differ per pod).
+EXPORT_COLUMNS = {
+    "guilds": ("guild_id", "settings", "updated_at"),
+    "message_stats": (
+        "guild_id",
+        "message_id",
+        "channel_id",
+        "author_id",
+        "word_count",
+        "char_count",
+        "sent_at",
+        "deleted_at",
+    ),
+    "reported_messages": (
+        "guild_id",
+        "reporter_id",
+        "reported_user_id",
+        "message_id",
+        "channel_id",
+        "reason",
+        "content",
+        "created_at",
+    ),
+    "mod_actions": (
+        "guild_id",
+        "user_id",
+        "action_type",
+        "executor_id",
+        "reason",
+        "duration",
+        "created_at",
+    ),
+}
+
+
+class ImportError_(Exception):
+    """An import whose rows do not match the counts or checksum it came with."""
+
+
+def checksum(rows: dict[str, list[list[Any]]]) -> str:
+    canonical = json.dumps(
+        {t: sorted(rows.get(t, []), key=_sort_key) for t in EXPORT_COLUMNS},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _sort_key(row: list[Any]) -> str:
+    return json.dumps(row)
+
+
+GUILD_TABLES = ("guilds", "message_stats", "reported_messages", "mod_actions", "held_events")
 
 
 @dataclass(frozen=True)
@@ -205,6 +275,47 @@ class GuildStore:
 
     # -- event writes (queued) ----------------------------------------------------------------------
 
+    def apply_event(self, guild_id: int, event: dict[str, Any]) -> None:
+        """Write one gateway event (live, or replayed after a migration)."""
+        kind = event["kind"]
+        if kind == "message":
+            self.message_created(
+                MessageRow(
+                    guild_id,
+                    event["message_id"],
+                    event["channel_id"],
+                    event["author_id"],
+                    event["words"],
+                    event["chars"],
+                    event["at"],
+                )
+            )
+        elif kind == "delete":
+            self.message_deleted(guild_id, event["message_id"], event["at"])
+        elif kind in ("ban", "leave"):
+            self.enqueue(
+                "INSERT INTO mod_actions (guild_id, user_id, action_type, executor_id, reason, duration, created_at)"
+                " SELECT ?, ?, ?, NULL, NULL, NULL, ? WHERE NOT EXISTS (SELECT 1 FROM mod_actions"
+                " WHERE guild_id = ? AND user_id = ? AND action_type = ? AND abs(created_at - ?) < 60)",
+                (
+                    guild_id,
+                    event["user_id"],
+                    kind,
+                    event["at"],
+                    guild_id,
+                    event["user_id"],
+                    kind,
+                    event["at"],
+                ),
+            )
+
+    def hold_event(self, guild_id: int, key: str, event: dict[str, Any]) -> None:
+        """Keep an event for later instead of writing it (the guild is migrating)."""
+        self.enqueue(
+            "INSERT OR IGNORE INTO held_events (guild_id, event_key, event) VALUES (?, ?, ?)",
+            (guild_id, key, json.dumps(event, separators=(",", ":"))),
+        )
+
     def message_created(self, row: MessageRow) -> None:
         self.enqueue(
             "INSERT OR IGNORE INTO message_stats (guild_id, message_id, channel_id, author_id, word_count, char_count, sent_at)"
@@ -224,21 +335,6 @@ class GuildStore:
         self.enqueue(
             "UPDATE message_stats SET deleted_at = ? WHERE guild_id = ? AND message_id = ? AND deleted_at IS NULL",
             (at, guild_id, message_id),
-        )
-
-    def mod_action(
-        self,
-        guild_id: int,
-        user_id: int,
-        action: str,
-        executor_id: int | None,
-        reason: str | None,
-        at: float,
-    ) -> None:
-        self.enqueue(
-            "INSERT INTO mod_actions (guild_id, user_id, action_type, executor_id, reason, duration, created_at)"
-            " VALUES (?, ?, ?, ?, ?, NULL, ?)",
-            (guild_id, user_id, action, executor_id, reason, at),
         )
 
     # -- direct reads and writes (commands, dashboard) ------------------------------------------------
@@ -351,6 +447,137 @@ class GuildStore:
         await self.flush()
         union = " UNION ".join(f"SELECT DISTINCT guild_id FROM {t}" for t in GUILD_TABLES)
         return sorted(r[0] for r in await self._all(union))
+
+    # -- migration ---------------------------------------------------------------------------------
+
+    async def fences(self) -> dict[int, tuple[int, str]]:
+        return {
+            g: (e, s)
+            for g, e, s in await self._all("SELECT guild_id, epoch, state FROM guild_fences")
+        }
+
+    async def set_fence(self, guild_id: int, epoch: int, state: str) -> None:
+        await self.flush()
+        assert self.db is not None
+        await self.db.execute(
+            "INSERT INTO guild_fences (guild_id, epoch, state) VALUES (?, ?, ?)"
+            " ON CONFLICT (guild_id) DO UPDATE SET epoch = excluded.epoch, state = excluded.state",
+            (guild_id, epoch, state),
+        )
+
+    async def export_guild(self, guild_id: int) -> dict[str, Any]:
+        """Every row of the guild (held events excluded), with counts and a checksum."""
+        await self.flush()
+        rows = {
+            table: [
+                list(r)
+                for r in await self._all(
+                    f"SELECT {', '.join(cols)} FROM {table} WHERE guild_id = ?", (guild_id,)
+                )
+            ]
+            for table, cols in EXPORT_COLUMNS.items()
+        }
+        return {
+            "guild_id": str(guild_id),
+            "rows": rows,
+            "counts": {t: len(r) for t, r in rows.items()},
+            "checksum": checksum(rows),
+        }
+
+    async def import_guild(
+        self,
+        guild_id: int,
+        epoch: int,
+        rows: dict[str, list[list[Any]]],
+        counts: dict[str, int],
+        expected: str,
+    ) -> dict[str, Any]:
+        """Replace the guild's rows with ``rows`` in one transaction, verified twice:
+        the rows must match the sender's counts and checksum, and what is in the
+        database afterwards must match them too, or nothing is written."""
+        if (
+            set(rows) != set(EXPORT_COLUMNS)
+            or {t: len(r) for t, r in rows.items()} != counts
+            or checksum(rows) != expected
+        ):
+            raise ImportError_("rows do not match their counts or checksum")
+        if any(row[0] != guild_id for table_rows in rows.values() for row in table_rows):
+            raise ImportError_("rows of another guild in the import")
+        await self.flush()
+        assert self.db is not None
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for table, cols in EXPORT_COLUMNS.items():
+                await self.db.execute(f"DELETE FROM {table} WHERE guild_id = ?", (guild_id,))
+                marks = ", ".join("?" for _ in cols)
+                await self.db.executemany(
+                    f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})", rows[table]
+                )
+            stored = {}
+            for table, cols in EXPORT_COLUMNS.items():
+                async with self.db.execute(
+                    f"SELECT {', '.join(cols)} FROM {table} WHERE guild_id = ?", (guild_id,)
+                ) as cur:
+                    stored[table] = [list(r) for r in await cur.fetchall()]
+            if checksum(stored) != expected:
+                raise ImportError_("rows read back after the import do not match the checksum")
+            await self.db.execute(
+                "INSERT INTO guild_fences (guild_id, epoch, state) VALUES (?, ?, 'holding')"
+                " ON CONFLICT (guild_id) DO UPDATE SET epoch = excluded.epoch",
+                (guild_id, epoch),
+            )
+            await self.db.execute("COMMIT")
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+        return {"counts": counts, "checksum": expected}
+
+    async def held(self, guild_id: int) -> list[tuple[str, dict[str, Any]]]:
+        await self.flush()
+        rows = await self._all(
+            "SELECT event_key, event FROM held_events WHERE guild_id = ? ORDER BY id", (guild_id,)
+        )
+        return [(k, json.loads(e)) for k, e in rows]
+
+    async def replay(
+        self, guild_id: int, events: list[tuple[str, dict[str, Any]]], epoch: int, state: str
+    ) -> int:
+        """Apply held events (deduplicated by key, in time order), clear them, set the fence."""
+        mine = await self.held(guild_id)
+        merged: dict[str, dict[str, Any]] = {}
+        for key, event in [*events, *mine]:
+            merged.setdefault(key, event)
+        for _, event in sorted(merged.items(), key=lambda kv: (kv[1].get("at", 0), kv[0])):
+            self.apply_event(guild_id, event)
+        self.enqueue("DELETE FROM held_events WHERE guild_id = ?", (guild_id,))
+        self.enqueue(
+            "INSERT INTO guild_fences (guild_id, epoch, state) VALUES (?, ?, ?)"
+            " ON CONFLICT (guild_id) DO UPDATE SET epoch = excluded.epoch, state = excluded.state",
+            (guild_id, epoch, state),
+        )
+        await self.flush()
+        return len(merged)
+
+    async def delete_guild(self, guild_id: int, epoch: int) -> dict[str, int]:
+        """Remove every row of the guild here (after it moved away, or a rolled-back import)."""
+        await self.flush()
+        assert self.db is not None
+        counts = {}
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for table in GUILD_TABLES:
+                cur = await self.db.execute(f"DELETE FROM {table} WHERE guild_id = ?", (guild_id,))
+                counts[table] = cur.rowcount
+            await self.db.execute(
+                "INSERT INTO guild_fences (guild_id, epoch, state) VALUES (?, ?, 'normal')"
+                " ON CONFLICT (guild_id) DO UPDATE SET epoch = excluded.epoch, state = 'normal'",
+                (guild_id, epoch),
+            )
+            await self.db.execute("COMMIT")
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+        return counts
 
     async def row_counts(self, guild_id: int | None = None) -> dict[str, int]:
         await self.flush()

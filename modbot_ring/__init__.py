@@ -11,6 +11,7 @@ proxies, pods, operators' tools and other projects compute the same answer local
 
 from .diff import OwnerChange, TableDiff, diff
 from .hashring import Algorithm, EmptyRingError, HashRing, key_position
+from .planner import Move, Plan, PlanLimits, plan_rebalance
 from .snowflake import MAX_SNOWFLAKE, InvalidGuildId, parse_guild_id, shard_for
 from .table import (
     FORMAT_VERSION,
@@ -30,6 +31,9 @@ __all__ = [
     "EmptyRingError",
     "HashRing",
     "InvalidGuildId",
+    "Move",
+    "Plan",
+    "PlanLimits",
     "NoRouteError",
     "OwnerChange",
     "Pod",
@@ -42,6 +46,7 @@ __all__ = [
     "diff",
     "key_position",
     "parse_guild_id",
+    "plan_rebalance",
     "shard_for",
 ]
 

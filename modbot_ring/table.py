@@ -136,7 +136,7 @@ class RoutingTable:
         algorithm: Algorithm | str = Algorithm.SLOTS,
         pins: Mapping[int, str] | Mapping[str, str] | Mapping[int | str, str] = {},
         shard_pins: Mapping[int, str] = {},
-        migrating: Iterable[int] = (),
+        migrating: Mapping[int, str] | Mapping[str, str] | Mapping[int | str, str] = {},
         migrating_shards: Iterable[int] = (),
         epochs: Mapping[int, int] = {},
     ) -> None:
@@ -177,7 +177,12 @@ class RoutingTable:
         self._shard_pins = {
             self._check_shard(s): known(p, f"pin of shard {s}") for s, p in shard_pins.items()
         }
-        self._migrating = frozenset(parse_guild_id(g) for g in migrating)
+        if not isinstance(migrating, Mapping):
+            raise TypeError("migrating maps guild ids to their target pods")
+        self._migrating: dict[int, str] = {
+            parse_guild_id(g): known(t, f"migration target of guild {g}")
+            for g, t in migrating.items()
+        }
         self._migrating_shards = frozenset(self._check_shard(s) for s in migrating_shards)
         self._epochs: dict[int, int] = {}
         for g, epoch in epochs.items():
@@ -241,8 +246,9 @@ class RoutingTable:
         return MappingProxyType(self._shard_pins)
 
     @property
-    def migrating(self) -> frozenset[int]:
-        return self._migrating
+    def migrating(self) -> Mapping[int, str]:
+        """Guilds being migrated, with the pod each is moving to."""
+        return MappingProxyType(self._migrating)
 
     @property
     def migrating_shards(self) -> frozenset[int]:
@@ -284,9 +290,9 @@ class RoutingTable:
         return self._shard_owners[self._check_shard(shard)]
 
     def shards_for(self, pod: str) -> tuple[int, ...]:
-        """Shard ids ``pod`` must open a gateway session for: the shards it owns plus the
-        shards of guilds pinned to it (see the module docstring). Empty when the table
-        keys by guild id."""
+        """Shard ids ``pod`` must open a gateway session for: the shards it owns, the shards
+        of guilds pinned to it (see the module docstring) and the shards of guilds being
+        migrated to it. Empty when the table keys by guild id."""
         if self._shard_count is None:
             return ()
         if self._shards_by_pod is None:
@@ -296,6 +302,8 @@ class RoutingTable:
                     by_pod[owner].add(shard)
             for gid, owner in self._pins.items():
                 by_pod[owner].add(shard_for(gid, self._shard_count))
+            for gid, target in self._migrating.items():  # the target listens before the flip
+                by_pod[target].add(shard_for(gid, self._shard_count))
             self._shards_by_pod = {name: tuple(sorted(s)) for name, s in by_pod.items()}
         return self._shards_by_pod.get(pod, ())
 
@@ -359,7 +367,7 @@ class RoutingTable:
             },
             "pins": {str(g): p for g, p in self._pins.items()},
             "shard_pins": {str(s): p for s, p in self._shard_pins.items()},
-            "migrating": sorted(str(g) for g in self._migrating),
+            "migrating": {str(g): t for g, t in self._migrating.items()},
             "migrating_shards": sorted(self._migrating_shards),
             "epochs": {str(g): e for g, e in self._epochs.items()},
         }
@@ -535,7 +543,7 @@ def _load(data: object) -> RoutingTable:
         _int(_decimal(s, "shard_pins"), "shard_pins key"): p
         for s, p in _obj(data["shard_pins"], "shard_pins").items()
     }
-    migrating = [_gid(g, "migrating") for g in _list(data["migrating"], "migrating")]
+    migrating = {_gid(g, "migrating"): t for g, t in _obj(data["migrating"], "migrating").items()}
     migrating_shards = [
         _int(s, "migrating_shards") for s in _list(data["migrating_shards"], "migrating_shards")
     ]

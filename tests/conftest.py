@@ -83,6 +83,8 @@ async def running_config(
     redis_prefix: str = "modbot",
     shard_count: int | None = 4,
     heartbeat_timeout: float = 15.0,
+    internal_token: str = "",
+    migration_step_delay: float = 0.0,
 ) -> AsyncIterator[ConfigService]:
     from aiohttp import web
 
@@ -99,6 +101,8 @@ async def running_config(
         redis_prefix=redis_prefix,
         heartbeat_timeout=heartbeat_timeout,
         poll_interval=0.2,
+        internal_token=internal_token,
+        migration_step_delay=migration_step_delay,
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

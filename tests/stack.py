@@ -153,6 +153,33 @@ class Stack:
                     ):
                         pass
 
+    async def migrate(self, guild_id: int, target: str) -> dict[str, Any]:
+        async with self.http.post(
+            f"{self.config.url}/v1/migrations",
+            json={"guild_id": str(guild_id), "to": target},
+            headers=A,
+        ) as r:
+            assert r.status == 202, await r.text()
+            return dict(await r.json())
+
+    async def migration(self, migration_id: int) -> dict[str, Any]:
+        async with self.http.get(f"{self.config.url}/v1/migrations/{migration_id}", headers=A) as r:
+            return dict(await r.json())
+
+    async def wait_migration(self, migration_id: int, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            m = await self.migration(migration_id)
+            if m["state"] in ("done", "rolled_back"):
+                return m
+            if time.monotonic() > deadline:
+                raise AssertionError(f"migration stuck: {m}")
+            await asyncio.sleep(0.05)
+
+    async def verify(self) -> dict[str, Any]:
+        async with self.http.get(f"{self.config.url}/v1/verify", headers=A) as r:
+            return dict(await r.json())
+
     def calls(self, path_part: str) -> list[dict[str, Any]]:
         return [c.to_json() for c in self.sim.sim.calls if path_part in c.path]
 
@@ -218,6 +245,7 @@ async def running_stack(
     redis_prefix: str = "modbot",
     heartbeat_timeout: float = 15.0,
     interaction_deadline: float = 2.5,
+    migration_step_delay: float = 0.0,
 ) -> Any:
     sim = await start_sim()
     for i in range(guilds):
@@ -229,6 +257,8 @@ async def running_stack(
         redis_prefix=redis_prefix,
         shard_count=shard_count,
         heartbeat_timeout=heartbeat_timeout,
+        internal_token=INTERNAL,
+        migration_step_delay=migration_step_delay,
     ) as config:
         procs = {
             f"gateway-{i}": pod_process(

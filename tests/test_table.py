@@ -48,7 +48,7 @@ def tables(draw):
             st.dictionaries(st.integers(0, shard_count - 1), st.sampled_from(names), max_size=4)
         )
     )
-    migrating = draw(st.sets(gids, max_size=3))
+    migrating = draw(st.dictionaries(gids, st.sampled_from(names), max_size=3))
     migrating_shards = (
         set() if shard_count is None else draw(st.sets(st.integers(0, shard_count - 1), max_size=2))
     )
@@ -139,10 +139,11 @@ def test_shard_pins_and_shards_for():
 def test_migrating_and_epochs_show_in_routes():
     gid = 81384788765712384
     table = RoutingTable(
-        PODS, shard_count=4, migrating=[gid], epochs={gid: 3}, migrating_shards=[0]
+        PODS, shard_count=4, migrating={gid: "gateway-2"}, epochs={gid: 3}, migrating_shards=[0]
     )
     route = table.route(gid)
     assert route.migrating and route.epoch == 3
+    assert (gid >> 22) % 4 in table.shards_for("gateway-2")  # the target listens before the flip
     assert table.route((0 << 22) | 1).migrating
 
 
@@ -195,6 +196,7 @@ def _valid_dict():
         (lambda d: d.update(algorithm="maglev"), "algorithm"),
         (lambda d: d["shard_pins"].update({"9": "gateway-0"}), "shard 9"),
         (lambda d: d.update(migrating=[123]), "migrating"),
+        (lambda d: d.update(migrating={"123": "ghost"}), "unknown pod"),
     ],
 )
 def test_from_json_rejects_malformed_input_clearly(mutate, message):

@@ -1,0 +1,432 @@
+"""Moving a guild between pods with no event, command or row lost.
+
+Each migration is a state machine persisted in the store, one step at a time:
+
+``prepared``  the table lists the guild as migrating to the target: the target opens the
+              guild's shard and *holds* its events; the proxy defers its interactions.
+``frozen``    the source stops writing the guild and holds its events too.
+``imported``  the source's rows are exported and imported on the target in one
+              transaction, verified by row counts and a checksum on both ends.
+``flipped``   new table version: the guild is pinned to the target with a bumped epoch
+              (the fencing token every pod call carries; older epochs are refused).
+``replayed``  the target applies the source's and its own held events, deduplicated by
+              event identity and in time order, then writes live.
+``done``      the source deleted its copy; the guild leaves the migrating set.
+
+Every step is idempotent and retried with backoff while a pod is down, so a crash of
+the source, the target or the config service resumes where it stopped. ``cancel``
+before the flip rolls back (the source writes what it held; the target drops its copy);
+after the flip a migration always rolls forward.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+import uuid
+from typing import Any
+
+import aiohttp
+
+from modbot_ring import PlanLimits, RoutingTable, plan_rebalance, shard_for
+
+from .publisher import TablePublisher
+from .store import Conflict, Invalid, MigrationStore, NotFound, Store, StoreError
+
+log = logging.getLogger("modbot.config.migrator")
+
+BEFORE_FLIP = ("prepared", "frozen", "imported")
+
+
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error(
+            "%s failed; it resumes at the next start", task.get_name(), exc_info=task.exception()
+        )
+
+
+class PodCallError(Exception):
+    def __init__(self, pod: str, status: int, message: str) -> None:
+        super().__init__(f"{pod}: {status} {message}")
+        self.status = status
+
+
+class Migrator:
+    def __init__(
+        self,
+        store: Store,
+        publisher: TablePublisher,
+        *,
+        internal_token: str,
+        step_delay: float = 0.0,
+    ) -> None:
+        self.store = store
+        self.migrations = MigrationStore(store)
+        self.publisher = publisher
+        self.internal_token = internal_token
+        self.step_delay = step_delay
+        self.tasks: dict[int, asyncio.Task[str]] = {}
+        self.plan_tasks: dict[str, asyncio.Task[None]] = {}
+        self.cancelled: set[int] = set()
+        self.cancelled_plans: set[str] = set()
+        self._http: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120, sock_connect=2))
+        with contextlib.suppress(StoreError):
+            for migration in await self.migrations.list(open_only=True):
+                log.info(
+                    "resuming migration %s of guild %s (%s)",
+                    migration["id"],
+                    migration["guild_id"],
+                    migration["state"],
+                )
+                self._run_in_background(migration["id"])
+
+    async def stop(self) -> None:
+        for task in [*self.tasks.values(), *self.plan_tasks.values()]:
+            task.cancel()
+        for task in [*self.tasks.values(), *self.plan_tasks.values()]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._http is not None:
+            await self._http.close()
+
+    # -- single guild -------------------------------------------------------------------------
+
+    async def migrate(
+        self, guild_id: int, target: str, actor: str, plan_id: str | None = None
+    ) -> dict[str, Any]:
+        table = await self._table()
+        if target not in table.pods:
+            raise Conflict(f"cannot migrate to unknown pod {target!r}")
+        source = table.owner(guild_id)
+        migration = await self.migrations.start(guild_id, source, target, actor, plan_id)
+        await self.publisher.refresh()
+        self._run_in_background(migration["id"])
+        return migration
+
+    def _run_in_background(self, migration_id: int) -> asyncio.Task[str]:
+        task = self.tasks.get(migration_id)
+        if task is None or task.done():
+            task = asyncio.create_task(self.run(migration_id), name=f"migration-{migration_id}")
+            task.add_done_callback(_log_failure)
+            self.tasks[migration_id] = task
+        return task
+
+    async def wait(self, migration_id: int) -> str:
+        return await self._run_in_background(migration_id)
+
+    async def cancel(self, migration_id: int) -> dict[str, Any]:
+        migration = await self.migrations.get(migration_id)
+        if migration["state"] not in BEFORE_FLIP:
+            raise Conflict(
+                f"migration {migration_id} is {migration['state']}: past the flip it can only finish"
+            )
+        self.cancelled.add(migration_id)
+        return migration
+
+    async def run(self, migration_id: int) -> str:
+        """Drive one migration to ``done`` or ``rolled_back``; returns the final state."""
+        while True:
+            m = await self._retry(lambda: self.migrations.get(migration_id), "read migration")
+            state = m["state"]
+            if state in ("done", "rolled_back", "cancelled"):
+                return str(state)
+            if migration_id in self.cancelled and state in BEFORE_FLIP:
+                await self._roll_back(m)
+                continue
+            if self.step_delay:
+                await asyncio.sleep(self.step_delay)
+            await self._step(m)
+
+    async def _step(self, m: dict[str, Any]) -> None:
+        gid, epoch, state = int(m["guild_id"]), m["epoch"], m["state"]
+        source, target = m["source"], m["target"]
+        if state == "prepared":
+            await self._until(
+                lambda: self._target_listening(target, gid),
+                f"target {target} to listen to guild {gid}",
+            )
+            await self._pod(source, "POST", f"/internal/guilds/{gid}/freeze", {"epoch": epoch})
+            await self.migrations.set_state(m["id"], "frozen", frozen_at=time.time())
+        elif state == "frozen":
+            exported = await self._pod(source, "GET", f"/internal/guilds/{gid}/export")
+            body = {
+                "epoch": epoch,
+                "rows": exported["rows"],
+                "counts": exported["counts"],
+                "checksum": exported["checksum"],
+            }
+            result = await self._pod(target, "POST", f"/internal/guilds/{gid}/import", body)
+            await self.migrations.set_state(
+                m["id"], "imported", counts=result["counts"], checksum=result["checksum"]
+            )
+        elif state == "imported":
+            version = await self._retry(lambda: self.migrations.flip(m["id"], "migrator"), "flip")
+            await self.publisher.refresh()
+            await self.migrations.set_state(m["id"], "flipped", flip_version=version)
+        elif state == "flipped":
+            flip_version = m["detail"].get("flip_version", 0)
+            await self._until(
+                lambda: self._pod_has_version(target, flip_version),
+                f"{target} to see table v{flip_version}",
+            )
+            held = await self._pod(source, "GET", f"/internal/guilds/{gid}/held")
+            result = await self._pod(
+                target,
+                "POST",
+                f"/internal/guilds/{gid}/replay",
+                {"epoch": epoch, "events": held["events"]},
+            )
+            frozen_at = m["detail"].get("frozen_at") or time.time()
+            await self.migrations.set_state(
+                m["id"],
+                "replayed",
+                replayed=result["applied"],
+                hold_seconds=round(time.time() - frozen_at, 4),
+            )
+        elif state == "replayed":
+            flip_version = m["detail"].get("flip_version", 0)
+            await self._until(
+                lambda: self._pod_has_version(source, flip_version),
+                f"{source} to see table v{flip_version}",
+            )
+            await self._pod(source, "DELETE", f"/internal/guilds/{gid}?epoch={epoch}")
+            await self._retry(lambda: self.migrations.close(m["id"], "done", "migrator"), "close")
+            await self.publisher.refresh()
+            log.info("migration %s done: guild %s %s -> %s", m["id"], gid, source, target)
+        else:
+            raise Invalid(f"migration {m['id']} in unknown state {state!r}")
+
+    async def _roll_back(self, m: dict[str, Any]) -> None:
+        gid, epoch = int(m["guild_id"]), m["epoch"]
+        if m["state"] in ("frozen", "imported"):
+            await self._pod(
+                m["source"], "POST", f"/internal/guilds/{gid}/unfreeze", {"epoch": epoch}
+            )
+        await self._pod(m["target"], "DELETE", f"/internal/guilds/{gid}?epoch={epoch}&force=1")
+        await self._retry(
+            lambda: self.migrations.close(m["id"], "rolled_back", "migrator"), "close"
+        )
+        await self.publisher.refresh()
+        self.cancelled.discard(m["id"])
+        log.info("migration %s rolled back: guild %s stays on %s", m["id"], gid, m["source"])
+
+    # -- plans ---------------------------------------------------------------------------------------
+
+    async def generate_plan(
+        self, *, epsilon: float, max_moves: int | None, actor: str
+    ) -> dict[str, Any]:
+        table = await self._table()
+        loads = await self.guild_loads(table)
+        hard = {int(p["guild_id"]) for p in await self.store.pins() if p["kind"] == "hard"}
+        plan = plan_rebalance(
+            table, loads, hard_pins=hard, limits=PlanLimits(epsilon=epsilon, max_moves=max_moves)
+        )
+        body = plan.to_dict()
+        body["current_assignment"] = {
+            "shards": {str(s): table.shard_owner(s) for s in range(table.shard_count)}
+            if table.shard_count
+            else {},
+            "pins": {str(g): p for g, p in table.pins.items()},
+        }
+        plan_id = f"plan-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        body["id"] = plan_id
+        await self.migrations.save_plan(plan_id, body, table.version, actor)
+        return body
+
+    async def guild_loads(self, table: RoutingTable) -> dict[int, float]:
+        """Load per guild: the pods' reported rates, 1.0 for guilds with no rate yet."""
+        loads: dict[int, float] = {}
+        for record in await self.store.pods():
+            if not record.online or not record.url:
+                continue
+            with contextlib.suppress(PodCallError, aiohttp.ClientError, TimeoutError):
+                held = await self._pod(record.name, "GET", "/internal/guilds", retry=False)
+                for g in held["guilds"]:
+                    loads.setdefault(int(g), 1.0)
+            for g, rate in ((record.load or {}).get("guilds") or {}).items():
+                loads[int(g)] = max(float(rate), 1.0)
+        return loads
+
+    async def apply_plan(self, plan_id: str, concurrency: int, actor: str) -> None:
+        record = await self.migrations.plan(plan_id)
+        table = await self._table()
+        if record["base_version"] != table.version:
+            raise Conflict(
+                f"plan {plan_id} was made against table v{record['base_version']}, the table is at v{table.version}: regenerate it"
+            )
+        await self.migrations.set_plan_state(
+            plan_id, "executing", expect=("proposed", "interrupted")
+        )
+        task = asyncio.create_task(
+            self._execute(plan_id, record["plan"]["moves"], max(1, concurrency), actor)
+        )
+        self.plan_tasks[plan_id] = task
+
+    async def _execute(
+        self, plan_id: str, moves: list[dict[str, Any]], concurrency: int, actor: str
+    ) -> None:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(move: dict[str, Any]) -> None:
+            async with gate:
+                if plan_id in self.cancelled_plans:
+                    return
+                if move["kind"] == "guild":
+                    await self._move_guild(int(move["id"]), move["to"], actor, plan_id)
+                else:
+                    await self._move_shard(
+                        int(move["id"]), move["from"], move["to"], actor, plan_id
+                    )
+
+        try:
+            await asyncio.gather(*(one(m) for m in moves))
+            final = "cancelled" if plan_id in self.cancelled_plans else "done"
+        except Exception:
+            log.exception("plan %s failed", plan_id)
+            final = "failed"
+        await self._retry(lambda: self.migrations.set_plan_state(plan_id, final), "plan state")
+
+    async def _move_guild(self, gid: int, target: str, actor: str, plan_id: str) -> None:
+        table = await self._table()
+        if table.owner(gid) == target:
+            return
+        migration = await self.migrations.start(gid, table.owner(gid), target, actor, plan_id)
+        await self.publisher.refresh()
+        await self.wait(migration["id"])
+
+    async def _move_shard(
+        self, shard: int, source: str, target: str, actor: str, plan_id: str
+    ) -> None:
+        """A shard's guilds move one by one (pinned to the target), then the shard itself."""
+        table = await self._table()
+        count = table.shard_count
+        if count is None:
+            raise Invalid("shard moves need a shard-keyed table")
+        held = await self._pod(source, "GET", "/internal/guilds")
+        guilds = [
+            int(g)
+            for g in held["guilds"]
+            if shard_for(int(g), count) == shard and table.owner(int(g)) == source
+        ]
+        for gid in guilds:
+            if plan_id in self.cancelled_plans:
+                return
+            await self._move_guild(gid, target, actor, plan_id)
+        await self._retry(
+            lambda: self.migrations.set_shard_pin(shard, target, guilds, actor), "shard pin"
+        )
+        await self.publisher.refresh()
+
+    async def cancel_plan(self, plan_id: str) -> None:
+        await self.migrations.plan(plan_id)
+        self.cancelled_plans.add(plan_id)
+        for migration in await self.migrations.list(open_only=True, plan_id=plan_id):
+            with contextlib.suppress(Conflict):
+                await self.cancel(migration["id"])
+
+    # -- verify -----------------------------------------------------------------------------------------
+
+    async def verify(self) -> dict[str, Any]:
+        """Every pod holds rows only of guilds it owns; no migration is stuck."""
+        table = await self._table()
+        problems: list[str] = []
+        for migration in await self.migrations.list(open_only=True):
+            problems.append(
+                f"migration {migration['id']} of guild {migration['guild_id']} is {migration['state']}"
+            )
+        pods: dict[str, int] = {}
+        for record in await self.store.pods():
+            try:
+                held = await self._pod(record.name, "GET", "/internal/guilds", retry=False)
+            except (PodCallError, aiohttp.ClientError, TimeoutError) as exc:
+                problems.append(f"pod {record.name} did not answer: {exc}")
+                continue
+            pods[record.name] = len(held["guilds"])
+            for g in held["guilds"]:
+                owner = table.owner(int(g))
+                if owner != record.name and int(g) not in table.migrating:
+                    problems.append(
+                        f"pod {record.name} holds rows of guild {g}, which {owner} owns"
+                    )
+        return {
+            "clean": not problems,
+            "problems": problems,
+            "guilds_per_pod": pods,
+            "version": table.version,
+        }
+
+    # -- plumbing ----------------------------------------------------------------------------------------
+
+    async def _table(self) -> RoutingTable:
+        snapshot = await self.publisher.refresh()
+        if snapshot is None:
+            raise StoreError("no routing table")
+        return snapshot.table
+
+    async def _pod(
+        self, pod: str, method: str, path: str, body: Any = None, *, retry: bool = True
+    ) -> Any:
+        """Call a pod's internal API; retries (with jittered backoff) while it is down."""
+        delay = 0.1
+        while True:
+            try:
+                table = (
+                    self.publisher.snapshot.table
+                    if self.publisher.snapshot
+                    else await self._table()
+                )
+                url = table.pods[pod].url if pod in table.pods else None
+                if not url:
+                    raise PodCallError(pod, 0, "no URL registered")
+                assert self._http is not None
+                async with self._http.request(
+                    method,
+                    f"{url}{path}",
+                    json=body,
+                    headers={"Authorization": f"Bearer {self.internal_token}"},
+                ) as resp:
+                    if resp.status < 300:
+                        return await resp.json()
+                    text = await resp.text()
+                    if resp.status in (409, 421, 503) or resp.status >= 500:
+                        raise PodCallError(pod, resp.status, text[:200])
+                    raise Invalid(f"{pod} refused {method} {path}: {resp.status} {text[:200]}")
+            except (PodCallError, aiohttp.ClientError, TimeoutError) as exc:
+                if not retry:
+                    raise
+                log.info("waiting for %s (%s %s): %s", pod, method, path, exc)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(delay * 2, 2.0)
+
+    async def _retry(self, action: Any, what: str) -> Any:
+        delay = 0.1
+        while True:
+            try:
+                return await action()
+            except (StoreError, NotFound) as exc:
+                if isinstance(exc, (Conflict, Invalid, NotFound)):
+                    raise
+                log.info("retrying %s: %s", what, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _until(self, check: Any, what: str) -> None:
+        delay = 0.05
+        while not await check():
+            log.debug("waiting for %s", what)
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+
+    async def _target_listening(self, target: str, gid: int) -> bool:
+        status = await self._pod(target, "GET", f"/internal/guilds/{gid}")
+        return bool(status["holding"] and status["shard_ready"])
+
+    async def _pod_has_version(self, pod: str, version: int) -> bool:
+        status = await self._pod(pod, "GET", "/internal/guilds/1")
+        return int(status.get("table_version") or 0) >= version
