@@ -341,6 +341,7 @@ async def register_pod(request: web.Request) -> web.Response:
     url = body.get("url")
     if url is not None and not url.startswith(("http://", "https://")):
         raise Invalid(f"url must be http(s)://..., got {url[:80]!r}")
+    await request.app[MIGRATOR_KEY].hold_before_join(name, _actor(request))
     version = await request.app[STORE_KEY].register_pod(
         name, url, body.get("weight"), _actor(request)
     )
@@ -558,7 +559,12 @@ async def cancel_migration(request: web.Request) -> web.Response:
 
 @role("admin")
 async def create_plan(request: web.Request) -> web.Response:
-    body = await _body(request, {}, {"epsilon": float, "max_moves": (int, type(None))})
+    body = await _body(
+        request, {}, {"epsilon": float, "max_moves": (int, type(None)), "restore": dict}
+    )
+    if "restore" in body:
+        plan = await request.app[MIGRATOR_KEY].restore_plan(body["restore"], _actor(request))
+        return web.json_response(plan, status=201)
     epsilon = float(body.get("epsilon", 0.05))
     if not 0 <= epsilon <= 10:
         raise Invalid("epsilon must be between 0 and 10")

@@ -94,6 +94,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = operator("audit", "recent changes, newest first", _audit)
     p.add_argument("--limit", type=int, default=20, help="how many entries (default 20)")
 
+    p = operator(
+        "plan",
+        "plan a rebalance (dry run: prints before/after, saves plan + current assignment)",
+        _plan,
+    )
+    p.add_argument(
+        "--epsilon", type=float, default=0.05, help="allowed load above fair share (default 0.05)"
+    )
+    p.add_argument("--max-moves", type=int, default=None, help="at most this many moves")
+    p.add_argument(
+        "-o", "--output", default="", help="where to save the plan (default <plan id>.json)"
+    )
+    p = operator("apply", "execute a saved plan (resumable: run it again to re-attach)", _apply)
+    p.add_argument("plan_file", help="a file written by `modbot-ring plan`")
+    p.add_argument("--concurrency", type=int, default=1, help="moves in flight at once (default 1)")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    operator(
+        "verify",
+        "check that every pod holds only guilds it owns and no migration is stuck",
+        _verify,
+    )
+    p = operator("cancel", "stop the executing plan (moves not yet flipped roll back)", _cancel)
+    p.add_argument("plan_id", nargs="?", default="", help="plan id (default: the executing plan)")
+    p = operator("migrate", "move one guild to a pod, with its data", _migrate)
+    p.add_argument("guild", help="guild id")
+    p.add_argument("--to", required=True, help="target pod")
+    p.add_argument("--no-wait", action="store_true", help="return once started")
+    p = operator("rollback", "restore the assignment saved in a plan file", _rollback)
+    p.add_argument("plan_file", help="a file written by `modbot-ring plan`")
+    p.add_argument("--concurrency", type=int, default=1, help="moves in flight at once (default 1)")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(metavar="ACTION")
     up = db_sub.add_parser("upgrade", help="apply schema migrations (idempotent)")
@@ -268,6 +300,175 @@ async def _audit(args: argparse.Namespace, api: ConfigApi) -> int:
         lambda: _table(["ID", "AT", "ACTOR", "ACTION", "OUTCOME", "VERSION", "DETAIL"], rows),
     )
     return 0
+
+
+def _load_plan_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}", EXIT_USAGE) from None
+    except ValueError:
+        raise CliError(f"{path} is not a plan file (not JSON)", EXIT_USAGE) from None
+    if not isinstance(data, dict) or "id" not in data or "moves" not in data:
+        raise CliError(f"{path} is not a plan file (no id or moves)", EXIT_USAGE)
+    return data
+
+
+def _plan_table(plan: dict[str, Any]) -> str:
+    rows = []
+    for pod in sorted(plan.get("before", {})):
+        fair = plan.get("fair", {}).get(pod)
+        before, after = plan["before"][pod], plan["after"][pod]
+        ratio = "-" if not fair else f"{after / fair:.2f}x"
+        rows.append(
+            (pod, f"{before:.1f}", f"{after:.1f}", "-" if not fair else f"{fair:.1f}", ratio)
+        )
+    return _table(["POD", "LOAD BEFORE", "LOAD AFTER", "FAIR SHARE", "AFTER/FAIR"], rows)
+
+
+async def _plan(args: argparse.Namespace, api: ConfigApi) -> int:
+    plan = await api.post("/v1/plans", {"epsilon": args.epsilon, "max_moves": args.max_moves})
+    path = args.output or f"{plan['id']}.json"
+    with open(path, "w") as f:
+        json.dump(plan, f, indent=2, sort_keys=True)
+
+    def human() -> str:
+        lines = [
+            f"plan {plan['id']} against table v{plan['base_version']}: {len(plan['moves'])} move(s), "
+            f"moving {plan['moved_load']:.1f} load (lower bound {plan['lower_bound']:.1f})",
+            f"peak/fair {plan['peak_to_mean_before']:.2f}x -> {plan['peak_to_mean_after']:.2f}x (epsilon {plan['epsilon']})",
+            _plan_table(plan),
+            *(
+                f"  {m['kind']} {m['id']}: {m['from']} -> {m['to']} (load {m['load']:.1f})"
+                for m in plan["moves"][:20]
+            ),
+            *(f"cannot fix: {u}" for u in plan["unfixable"]),
+            f"dry run: nothing moved. Saved with the current assignment to {path}.",
+            f"apply: modbot-ring apply {path}    undo later: modbot-ring rollback {path}",
+        ]
+        return "\n".join(lines)
+
+    _emit(args, plan, human)
+    return 0
+
+
+def _confirm(args: argparse.Namespace, question: str) -> None:
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise CliError(
+            "refusing to change the cluster without --yes (stdin is not a terminal)", EXIT_USAGE
+        )
+    if input(f"{question} [y/N] ").strip().lower() not in ("y", "yes"):
+        raise CliError("aborted", EXIT_ERROR)
+
+
+async def _follow_plan(args: argparse.Namespace, api: ConfigApi, plan_id: str, total: int) -> int:
+    """Per-move status lines (or a progress bar on a terminal) until the plan ends."""
+    tty = sys.stderr.isatty() and not args.json
+    seen: dict[int, str] = {}
+    while True:
+        record = await api.get(f"/v1/plans/{plan_id}")
+        moves = record["migrations"]
+        finished = sum(1 for m in moves if m["state"] in ("done", "rolled_back"))
+        for m in moves:
+            if seen.get(m["id"]) != m["state"] and not tty and not args.json:
+                print(
+                    f"  guild {m['guild_id']}: {m['source']} -> {m['target']}: {m['state']}",
+                    flush=True,
+                )
+            seen[m["id"]] = m["state"]
+        if tty:
+            width = 30
+            filled = width * finished // max(1, len(moves))
+            bar = "#" * filled + "-" * (width - filled)
+            print(
+                f"\r  [{bar}] {finished}/{len(moves)} guild moves ({total} planned)",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+        if record["state"] != "executing":
+            if tty:
+                print(file=sys.stderr)
+            final = record["state"]
+            _emit(args, record, lambda final=final: f"plan {plan_id}: {final}")
+            return 0 if final == "done" else EXIT_ERROR
+        await asyncio.sleep(0.5)
+
+
+async def _apply(args: argparse.Namespace, api: ConfigApi) -> int:
+    plan = _load_plan_file(args.plan_file)
+    record = await api.get(f"/v1/plans/{plan['id']}")
+    if record["state"] != "executing":  # executing: a previous apply was interrupted; re-attach
+        if record["state"] not in ("proposed", "interrupted"):
+            raise CliError(f"plan {plan['id']} is {record['state']}", EXIT_CONFLICT)
+        _confirm(args, f"apply {len(plan['moves'])} move(s) of plan {plan['id']}?")
+        await api.post(f"/v1/plans/{plan['id']}/apply", {"concurrency": args.concurrency})
+    return await _follow_plan(args, api, plan["id"], len(plan["moves"]))
+
+
+async def _verify(args: argparse.Namespace, api: ConfigApi) -> int:
+    report = await api.get("/v1/verify")
+    clean = "clean: every pod holds only guilds it owns"
+    _emit(args, report, lambda: clean if report["clean"] else "\n".join(report["problems"]))
+    return 0 if report["clean"] else EXIT_ERROR
+
+
+async def _cancel(args: argparse.Namespace, api: ConfigApi) -> int:
+    plan_id = args.plan_id
+    if not plan_id:
+        executing = [p for p in (await api.get("/v1/plans"))["plans"] if p["state"] == "executing"]
+        if not executing:
+            raise CliError("no plan is executing", EXIT_CONFLICT)
+        plan_id = executing[0]["id"]
+    data = await api.post(f"/v1/plans/{plan_id}/cancel")
+    _emit(args, data, lambda: f"cancelling plan {plan_id}: moves not yet flipped roll back")
+    return 0
+
+
+async def _migrate(args: argparse.Namespace, api: ConfigApi) -> int:
+    gid = _guild(args.guild)
+    migration = await api.post("/v1/migrations", {"guild_id": str(gid), "to": args.to})
+    if args.no_wait:
+        _emit(
+            args,
+            migration,
+            lambda: f"migration {migration['id']} started: guild {gid} -> {args.to}",
+        )
+        return 0
+    state = migration["state"]
+    while state not in ("done", "rolled_back"):
+        await asyncio.sleep(0.2)
+        migration = await api.get(f"/v1/migrations/{migration['id']}")
+        if migration["state"] != state and not args.json:
+            print(f"  {migration['state']}", flush=True)
+        state = migration["state"]
+    hold = migration["detail"].get("hold_seconds")
+
+    def human() -> str:
+        if state != "done":
+            return f"migration {migration['id']} rolled back"
+        return f"guild {gid} is on {args.to}" + (
+            f" (writes paused {hold * 1000:.0f} ms)" if hold else ""
+        )
+
+    _emit(args, migration, human)
+    return 0 if state == "done" else EXIT_ERROR
+
+
+async def _rollback(args: argparse.Namespace, api: ConfigApi) -> int:
+    saved = _load_plan_file(args.plan_file).get("current_assignment")
+    if not saved:
+        raise CliError(f"{args.plan_file} has no saved assignment", EXIT_USAGE)
+    plan = await api.post("/v1/plans", {"restore": saved})
+    if not plan["moves"]:
+        _emit(args, plan, lambda: "the cluster already matches the saved assignment")
+        return 0
+    _confirm(args, f"move {len(plan['moves'])} shard(s)/guild(s) back to the saved assignment?")
+    await api.post(f"/v1/plans/{plan['id']}/apply", {"concurrency": args.concurrency})
+    return await _follow_plan(args, api, plan["id"], len(plan["moves"]))
 
 
 def _age(seconds: float | None) -> str:

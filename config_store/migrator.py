@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import time
@@ -77,6 +78,9 @@ class Migrator:
     async def start(self) -> None:
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120, sock_connect=2))
         with contextlib.suppress(StoreError):
+            for plan in await self.migrations.plans(limit=100):
+                if plan["state"] == "executing":  # its executor died with the last process
+                    await self.migrations.set_plan_state(plan["id"], "interrupted")
             for migration in await self.migrations.list(open_only=True):
                 log.info(
                     "resuming migration %s of guild %s (%s)",
@@ -151,19 +155,44 @@ class Migrator:
                 lambda: self._target_listening(target, gid),
                 f"target {target} to listen to guild {gid}",
             )
+            # pre-copy: the bulk of the rows moves while the guild still runs on the source
+            bulk = await self._pod(
+                source, "GET", f"/internal/guilds/{gid}/export?mode=precopy", raw=True
+            )
+            copied = await self._pod(
+                target, "POST", f"/internal/guilds/{gid}/import?epoch={epoch}", bulk
+            )
+            marks = json.loads(bulk)
             await self._pod(source, "POST", f"/internal/guilds/{gid}/freeze", {"epoch": epoch})
-            await self.migrations.set_state(m["id"], "frozen", frozen_at=time.time())
-        elif state == "frozen":
-            exported = await self._pod(source, "GET", f"/internal/guilds/{gid}/export")
-            body = {
-                "epoch": epoch,
-                "rows": exported["rows"],
-                "counts": exported["counts"],
-                "checksum": exported["checksum"],
-            }
-            result = await self._pod(target, "POST", f"/internal/guilds/{gid}/import", body)
             await self.migrations.set_state(
-                m["id"], "imported", counts=result["counts"], checksum=result["checksum"]
+                m["id"],
+                "frozen",
+                frozen_at=time.time(),
+                precopied=copied["counts"]["message_stats"],
+                # a minute of snowflake ids of margin for late, out-of-order deliveries
+                since_id=max(0, marks["max_message_id"] - (60_000 << 22)),
+                since_time=marks["snapshot_time"],
+            )
+        elif state == "frozen":
+            # the export's bytes go to the target as they are: no decode/re-encode here
+            detail = m["detail"]
+            query = "mode=full"
+            if "since_id" in detail:  # only what changed since the pre-copy
+                query = (
+                    f"mode=delta&since_id={detail['since_id']}&since_time={detail['since_time']}"
+                )
+            exported = await self._pod(
+                source, "GET", f"/internal/guilds/{gid}/export?{query}", raw=True
+            )
+            result = await self._pod(
+                target, "POST", f"/internal/guilds/{gid}/import?epoch={epoch}", exported
+            )
+            await self.migrations.set_state(
+                m["id"],
+                "imported",
+                counts=result["totals"],
+                copied=result["counts"],
+                checksum=result["checksum"],
             )
         elif state == "imported":
             version = await self._retry(lambda: self.migrations.flip(m["id"], "migrator"), "flip")
@@ -216,6 +245,38 @@ class Migrator:
         self.cancelled.discard(m["id"])
         log.info("migration %s rolled back: guild %s stays on %s", m["id"], gid, m["source"])
 
+    async def hold_before_join(self, pod: str, actor: str) -> bool:
+        """Before a new pod joins the ring: if pods already hold guild data, pin every
+        shard where it is, so the join moves nothing implicitly (plans move data)."""
+        table = await self._table()
+        if pod in table.pods or table.shard_count is None or not table.pods:
+            return False
+        has_data = False
+        for name in table.pods:
+            try:
+                held = await self._pod(name, "GET", "/internal/guilds", retry=False)
+            except (PodCallError, aiohttp.ClientError, TimeoutError, Invalid) as exc:
+                log.warning(
+                    "pod %s did not say whether it holds data (%s); not holding shards for it",
+                    name,
+                    exc,
+                )
+                continue
+            if held["guilds"]:
+                has_data = True
+                break
+        if not has_data:
+            return False
+        assignment = {
+            s: o for s in range(table.shard_count) if (o := table.shard_owner(s)) is not None
+        }
+        await self.migrations.hold_shards(assignment, actor)
+        await self.publisher.refresh()
+        log.info(
+            "pod %s joins: %d shards held in place until a plan moves them", pod, len(assignment)
+        )
+        return True
+
     # -- plans ---------------------------------------------------------------------------------------
 
     async def generate_plan(
@@ -236,6 +297,39 @@ class Migrator:
         }
         plan_id = f"plan-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         body["id"] = plan_id
+        await self.migrations.save_plan(plan_id, body, table.version, actor)
+        return body
+
+    async def restore_plan(self, assignment: dict[str, Any], actor: str) -> dict[str, Any]:
+        """A plan that moves shards and pinned guilds back to a saved assignment."""
+        table = await self._table()
+        moves: list[dict[str, Any]] = []
+        for shard, pod in (assignment.get("shards") or {}).items():
+            current = table.shard_owner(int(shard)) if table.shard_count else None
+            if pod and current and current != pod and int(shard) < (table.shard_count or 0):
+                moves.append(
+                    {"kind": "shard", "id": str(shard), "from": current, "to": pod, "load": 0.0}
+                )
+        for gid, pod in (assignment.get("pins") or {}).items():
+            current = table.owner(int(gid))
+            if current != pod:
+                moves.append(
+                    {"kind": "guild", "id": str(gid), "from": current, "to": pod, "load": 0.0}
+                )
+        unknown = {m["to"] for m in moves} - set(table.pods)
+        if unknown:
+            raise Conflict(
+                f"the saved assignment names pods that are gone: {', '.join(sorted(unknown))}"
+            )
+        plan_id = f"rollback-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        body = {
+            "format": 1,
+            "id": plan_id,
+            "base_version": table.version,
+            "moves": moves,
+            "rollback": True,
+            "unfixable": [],
+        }
         await self.migrations.save_plan(plan_id, body, table.version, actor)
         return body
 
@@ -370,7 +464,14 @@ class Migrator:
         return snapshot.table
 
     async def _pod(
-        self, pod: str, method: str, path: str, body: Any = None, *, retry: bool = True
+        self,
+        pod: str,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        retry: bool = True,
+        raw: bool = False,
     ) -> Any:
         """Call a pod's internal API; retries (with jittered backoff) while it is down."""
         delay = 0.1
@@ -388,11 +489,16 @@ class Migrator:
                 async with self._http.request(
                     method,
                     f"{url}{path}",
-                    json=body,
-                    headers={"Authorization": f"Bearer {self.internal_token}"},
+                    json=None if isinstance(body, bytes) else body,
+                    data=body if isinstance(body, bytes) else None,
+                    headers={
+                        "Authorization": f"Bearer {self.internal_token}",
+                        "Content-Type": "application/json",
+                    },
+                    timeout=aiohttp.ClientTimeout(total=120 if retry else 2, sock_connect=2),
                 ) as resp:
                     if resp.status < 300:
-                        return await resp.json()
+                        return await resp.read() if raw else await resp.json()
                     text = await resp.text()
                     if resp.status in (409, 421, 503) or resp.status >= 500:
                         raise PodCallError(pod, resp.status, text[:200])

@@ -284,7 +284,14 @@ OPENAPI: dict[str, Any] = {
                 "generate a rebalancing plan (dry run: nothing moves until apply)",
                 admin=True,
                 body=_obj(
-                    {"epsilon": {"type": "number"}, "max_moves": {"type": ["integer", "null"]}}
+                    {
+                        "epsilon": {"type": "number"},
+                        "max_moves": {"type": ["integer", "null"]},
+                        "restore": {
+                            "type": "object",
+                            "description": "a saved current_assignment: plan the moves back to it",
+                        },
+                    }
                 ),
                 extra={
                     "201": {"description": "the plan, with the current assignment for rollback"}

@@ -84,22 +84,28 @@ async def freeze(request: web.Request) -> web.Response:
 
 async def export(request: web.Request) -> web.Response:
     pod, gid, _, _ = await _args(request, need_epoch=False)
-    if pod.gate.state(gid) != "frozen":
+    mode = request.query.get("mode", "full")
+    if mode != "precopy" and pod.gate.state(gid) != "frozen":
         return json_error(409, f"guild {gid} is not frozen here: freeze it before exporting")
-    return web.json_response(await pod.store.export_guild(gid), dumps=_dumps)
+    try:
+        since_id = int(request.query.get("since_id", "0"))
+        since_time = float(request.query.get("since_time", "0"))
+        exported = await pod.store.export_guild(
+            gid, mode=mode, since_id=since_id, since_time=since_time
+        )
+    except ValueError as exc:
+        return json_error(400, str(exc))
+    return web.json_response(exported, dumps=_dumps)
 
 
 async def import_rows(request: web.Request) -> web.Response:
     pod, gid, epoch, body = await _args(request)
     try:
-        result = await pod.store.import_guild(
-            gid, epoch, body["rows"], body["counts"], body["checksum"]
-        )
-    except KeyError as exc:
-        return json_error(400, f"missing field {exc}")
+        result = await pod.store.import_guild(gid, epoch, body)
     except ImportError_ as exc:
         return json_error(422, str(exc))
-    pod.gate.fences[gid] = (epoch, "holding")
+    if result["mode"] != "precopy":
+        pod.gate.fences[gid] = (epoch, "holding")
     return web.json_response(result)
 
 

@@ -132,17 +132,21 @@ class ImportError_(Exception):
     """An import whose rows do not match the counts or checksum it came with."""
 
 
+# Canonical order per table: exports and read-backs use it, so the checksum needs no sort.
+EXPORT_ORDER = {
+    "guilds": "guild_id",
+    "message_stats": "guild_id, message_id",
+    "reported_messages": "guild_id, message_id, reporter_id",
+    "mod_actions": "guild_id, created_at, user_id, action_type",
+}
+
+
 def checksum(rows: dict[str, list[list[Any]]]) -> str:
-    canonical = json.dumps(
-        {t: sorted(rows.get(t, []), key=_sort_key) for t in EXPORT_COLUMNS},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _sort_key(row: list[Any]) -> str:
-    return json.dumps(row)
+    digest = hashlib.sha256()
+    for table in EXPORT_COLUMNS:
+        digest.update(table.encode())
+        digest.update(json.dumps(rows.get(table, []), separators=(",", ":")).encode())
+    return digest.hexdigest()
 
 
 GUILD_TABLES = ("guilds", "message_stats", "reported_messages", "mod_actions", "held_events")
@@ -465,36 +469,62 @@ class GuildStore:
             (guild_id, epoch, state),
         )
 
-    async def export_guild(self, guild_id: int) -> dict[str, Any]:
-        """Every row of the guild (held events excluded), with counts and a checksum."""
+    async def export_guild(
+        self, guild_id: int, *, mode: str = "full", since_id: int = 0, since_time: float = 0.0
+    ) -> dict[str, Any]:
+        """The guild's rows (held events excluded) with counts, totals and a checksum.
+
+        ``full``: every row. ``precopy``: message rows only, taken before the freeze so
+        the bulk of a guild moves while it still runs. ``delta``: after the freeze, the
+        message rows newer than ``since_id`` or deleted since ``since_time``, plus the
+        small tables whole. ``totals`` are the full row counts the target must end with.
+        """
+        if mode not in ("full", "precopy", "delta"):
+            raise ValueError(f"unknown export mode {mode!r}")
         await self.flush()
-        rows = {
-            table: [
-                list(r)
-                for r in await self._all(
-                    f"SELECT {', '.join(cols)} FROM {table} WHERE guild_id = ?", (guild_id,)
-                )
-            ]
-            for table, cols in EXPORT_COLUMNS.items()
-        }
+        snapshot_time = time.time()
+        rows: dict[str, list[list[Any]]] = {}
+        for table, cols in EXPORT_COLUMNS.items():
+            where, params = "guild_id = ?", [guild_id]
+            if table == "message_stats" and mode == "delta":
+                where += " AND (message_id > ? OR deleted_at >= ?)"
+                params += [since_id, since_time]
+            elif table != "message_stats" and mode == "precopy":
+                rows[table] = []
+                continue
+            sql = f"SELECT {', '.join(cols)} FROM {table} WHERE {where} ORDER BY {EXPORT_ORDER[table]}"
+            rows[table] = [list(r) for r in await self._all(sql, params)]
+        totals = {t: c for t, c in (await self.row_counts(guild_id)).items() if t in EXPORT_COLUMNS}
+        top = await self._all(
+            "SELECT max(message_id) FROM message_stats WHERE guild_id = ?", (guild_id,)
+        )
         return {
             "guild_id": str(guild_id),
+            "mode": mode,
             "rows": rows,
             "counts": {t: len(r) for t, r in rows.items()},
+            "totals": totals,
             "checksum": checksum(rows),
+            "max_message_id": top[0][0] or 0,
+            "snapshot_time": snapshot_time,
         }
 
     async def import_guild(
-        self,
-        guild_id: int,
-        epoch: int,
-        rows: dict[str, list[list[Any]]],
-        counts: dict[str, int],
-        expected: str,
+        self, guild_id: int, epoch: int, payload: dict[str, Any]
     ) -> dict[str, Any]:
-        """Replace the guild's rows with ``rows`` in one transaction, verified twice:
-        the rows must match the sender's counts and checksum, and what is in the
-        database afterwards must match them too, or nothing is written."""
+        """Apply an export in one transaction, verified twice: the rows must match the
+        sender's counts and checksum, and the row counts read back inside the transaction
+        must equal the sender's totals, or nothing is written."""
+        try:
+            rows, counts, expected, mode = (
+                payload["rows"],
+                payload["counts"],
+                payload["checksum"],
+                payload.get("mode", "full"),
+            )
+            totals = payload.get("totals", counts)
+        except (KeyError, TypeError):
+            raise ImportError_("an import needs rows, counts and checksum") from None
         if (
             set(rows) != set(EXPORT_COLUMNS)
             or {t: len(r) for t, r in rows.items()} != counts
@@ -508,29 +538,37 @@ class GuildStore:
         await self.db.execute("BEGIN IMMEDIATE")
         try:
             for table, cols in EXPORT_COLUMNS.items():
-                await self.db.execute(f"DELETE FROM {table} WHERE guild_id = ?", (guild_id,))
+                if mode == "precopy" and table != "message_stats":
+                    continue
+                upsert = mode == "delta" and table == "message_stats"
+                if not upsert:
+                    await self.db.execute(f"DELETE FROM {table} WHERE guild_id = ?", (guild_id,))
                 marks = ", ".join("?" for _ in cols)
+                verb = "INSERT OR REPLACE" if upsert else "INSERT"
                 await self.db.executemany(
-                    f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({marks})", rows[table]
+                    f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({marks})", rows[table]
                 )
-            stored = {}
-            for table, cols in EXPORT_COLUMNS.items():
+            for table in EXPORT_COLUMNS:  # read back inside the transaction: the totals must hold
+                if mode == "precopy" and table != "message_stats":
+                    continue
                 async with self.db.execute(
-                    f"SELECT {', '.join(cols)} FROM {table} WHERE guild_id = ?", (guild_id,)
+                    f"SELECT count(*) FROM {table} WHERE guild_id = ?", (guild_id,)
                 ) as cur:
-                    stored[table] = [list(r) for r in await cur.fetchall()]
-            if checksum(stored) != expected:
-                raise ImportError_("rows read back after the import do not match the checksum")
-            await self.db.execute(
-                "INSERT INTO guild_fences (guild_id, epoch, state) VALUES (?, ?, 'holding')"
-                " ON CONFLICT (guild_id) DO UPDATE SET epoch = excluded.epoch",
-                (guild_id, epoch),
-            )
+                    row = await cur.fetchone()
+                want = counts[table] if mode == "precopy" else totals[table]
+                if row is None or row[0] != want:
+                    raise ImportError_(f"{table}: {row and row[0]} rows stored, {want} expected")
+            if mode != "precopy":
+                await self.db.execute(
+                    "INSERT INTO guild_fences (guild_id, epoch, state) VALUES (?, ?, 'holding')"
+                    " ON CONFLICT (guild_id) DO UPDATE SET epoch = excluded.epoch",
+                    (guild_id, epoch),
+                )
             await self.db.execute("COMMIT")
         except BaseException:
             await self.db.execute("ROLLBACK")
             raise
-        return {"counts": counts, "checksum": expected}
+        return {"mode": mode, "counts": counts, "totals": totals, "checksum": expected}
 
     async def held(self, guild_id: int) -> list[tuple[str, dict[str, Any]]]:
         await self.flush()
