@@ -134,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(up, DB_FLAGS)
     up.set_defaults(handler=_db_upgrade)
 
+    from .sim_cli import add_sim_commands
+
+    add_sim_commands(sub, _run_sim)
+
     dev = sub.add_parser("dev", help="the local stack")
     dev_sub = dev.add_subparsers(metavar="ACTION")
     up_dev = dev_sub.add_parser(
@@ -473,6 +477,16 @@ async def _rollback(args: argparse.Namespace, api: ConfigApi) -> int:
 
 def _age(seconds: float | None) -> str:
     return "never" if seconds is None else f"{seconds:.1f}s ago"
+
+
+def _run_sim(args: argparse.Namespace, run: Callable[[argparse.Namespace], Any]) -> int:
+    from .sim_cli import SimError
+
+    try:
+        print(json.dumps(run(args), indent=2))
+    except SimError as exc:
+        raise CliError(str(exc), EXIT_UNAVAILABLE) from None
+    return 0
 
 
 def _dev_up(args: argparse.Namespace) -> int:

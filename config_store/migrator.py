@@ -232,16 +232,21 @@ class Migrator:
             raise Invalid(f"migration {m['id']} in unknown state {state!r}")
 
     async def _roll_back(self, m: dict[str, Any]) -> None:
-        gid, epoch = int(m["guild_id"]), m["epoch"]
+        gid, epoch, target = int(m["guild_id"]), m["epoch"], m["target"]
         if m["state"] in ("frozen", "imported"):
             await self._pod(
                 m["source"], "POST", f"/internal/guilds/{gid}/unfreeze", {"epoch": epoch}
             )
-        await self._pod(m["target"], "DELETE", f"/internal/guilds/{gid}?epoch={epoch}&force=1")
-        await self._retry(
+        # close first: once the target sees the guild is no longer migrating to it, it
+        # stops holding; only then is its copy deleted, so nothing lands after the delete
+        version = await self._retry(
             lambda: self.migrations.close(m["id"], "rolled_back", "migrator"), "close"
         )
         await self.publisher.refresh()
+        await self._until(
+            lambda: self._pod_has_version(target, version), f"{target} to see table v{version}"
+        )
+        await self._pod(target, "DELETE", f"/internal/guilds/{gid}?epoch={epoch}&force=1")
         self.cancelled.discard(m["id"])
         log.info("migration %s rolled back: guild %s stays on %s", m["id"], gid, m["source"])
 

@@ -86,11 +86,11 @@ class TablePublisher:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
         if self._redis is not None:
-            await self._redis.aclose()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._redis.aclose(), 2)
 
     async def refresh(self) -> Snapshot | None:
         """Reload the snapshot if the store moved on; announce it. Raises StoreError."""

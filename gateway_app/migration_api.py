@@ -134,8 +134,10 @@ async def drop(request: web.Request) -> web.Response:
     pod, gid, epoch, _ = await _args(request)
     if pod.owns(gid) and request.query.get("force") != "1":
         return json_error(409, f"this pod still owns guild {gid}: refusing to delete its rows")
-    counts = await pod.store.delete_guild(gid, epoch)
+    # stop holding first: events from now on are dropped (not ours), so nothing can be
+    # queued behind the delete and land after it
     pod.gate.fences[gid] = (epoch, "normal")
+    counts = await pod.store.delete_guild(gid, epoch)
     return web.json_response({"deleted": counts})
 
 

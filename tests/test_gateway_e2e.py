@@ -187,3 +187,44 @@ async def test_internal_api_requires_the_token_and_refuses_foreign_guilds(stack)
     ) as r:
         assert r.status == 400
     await asyncio.sleep(0)
+
+
+async def test_sim_cli_and_resume_after_a_dropped_gateway_connection(stack):
+    """Events dispatched while the connections are down are replayed on RESUME."""
+    from stack import CLI
+
+    table = await owner_table(stack)
+    guild = next(iter(stack.world.guilds))
+    owner = stack.pods[table.owner(guild)]
+    before = len(stack.sim.sim.identifies)
+
+    async def sim(*args):
+        proc = await asyncio.create_subprocess_exec(
+            CLI,
+            "sim",
+            *args,
+            "--sim-url",
+            stack.sim.url,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await proc.communicate()
+        return proc.returncode, out.decode(), err.decode()
+
+    code, out, _ = await sim("drop-sessions")
+    assert code == 0 and json.loads(out)["dropped"] >= 4
+    code, out, _ = await sim(
+        "messages", "--guild", str(guild), "--count", "40"
+    )  # sent while disconnected
+    assert code == 0 and json.loads(out)["sent"] == 40
+
+    async def landed():
+        await stack.flush_pods()
+        return owner.message_counts().get(guild) == 40
+
+    await eventually(landed, timeout=20)
+    assert len(stack.sim.sim.identifies) == before  # resumed, not re-identified
+    code, out, _ = await sim("info")
+    assert code == 0 and len(json.loads(out)["public_key"]) == 64
+    code, _, err = await sim("messages", "--guild", "1", "--count", "1")
+    assert code == 4 and "404" in err and err.count("\n") == 1

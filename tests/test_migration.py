@@ -87,6 +87,14 @@ async def test_a_guild_migrates_under_a_steady_stream_with_nothing_lost(stack):
     assert (await stack.verify())["clean"]
     route = stack.proxy.tables.table.route(guild.id)
     assert route.pod == "gateway-1" and route.epoch == done["epoch"] and not route.migrating
+    # a coordinator with a stale epoch cannot touch the guild on either pod
+    for pod in (source, target):
+        async with stack.http.post(
+            f"{pod.url}/internal/guilds/{guild.id}/freeze",
+            json={"epoch": done["epoch"] - 1},
+            headers={"Authorization": "Bearer internal-secret"},
+        ) as r:
+            assert r.status == 409 and "stale epoch" in (await r.json())["error"]
 
 
 async def test_cancel_before_the_flip_rolls_back(tmp_path, pg_schema):

@@ -73,6 +73,13 @@ async def test_operator_rebalance_flow(tmp_path, pg_schema):
         assert code == 0
         await eventually(lambda: _total(stack, 60), timeout=15)
 
+        stale = tmp_path / "stale.json"
+        code, _, _ = await cli(stack, "plan", "-o", str(stale))
+        assert code == 0
+        await stack.pin(int(guilds[1]), "gateway-2")  # the table moves on
+        code, _, err = await cli(stack, "apply", str(stale), "--yes")
+        assert code == 3 and "regenerate" in err
+
         code, _, err = await cli(stack, "apply", str(tmp_path / "missing.json"), "--yes")
         assert code == 2 and "cannot read" in err
 

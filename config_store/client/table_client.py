@@ -148,15 +148,15 @@ class RoutingTableClient:
             await self.wait_for_version(0, timeout)
 
     async def stop(self) -> None:
+        """Stop following. Bounded: a dead Redis or config service cannot hang shutdown."""
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
         self._tasks.clear()
         if self._redis is not None:
             with contextlib.suppress(Exception):
-                await self._redis.aclose()
+                await asyncio.wait_for(self._redis.aclose(), 2)
         if self._http is not None:
             await self._http.close()
 
@@ -207,7 +207,7 @@ class RoutingTableClient:
                 backoff = min(backoff * 2, 5.0)
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                    await asyncio.wait_for(pubsub.aclose(), 1)
 
     async def _refresh_from_redis(self) -> bool:
         """True when Redis answered (whether or not the table changed)."""

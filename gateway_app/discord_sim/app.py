@@ -568,6 +568,15 @@ class DiscordSim:
             }
         )
 
+    async def control_drop_sessions(self, request: web.Request) -> web.Response:
+        """Close every gateway connection (as Discord does now and then); sessions stay resumable."""
+        dropped = 0
+        for session in self.sessions.values():
+            if session.ws is not None:
+                await session.ws.close(code=4000, message=b"simulated disconnect")
+                dropped += 1
+        return _json({"dropped": dropped})
+
     async def control_info(self, request: web.Request) -> web.Response:
         return _json(
             {
@@ -609,6 +618,7 @@ def build_sim_app(sim: DiscordSim) -> web.Application:
     r.add_get("/control/calls", sim.control_calls)
     r.add_get("/control/sessions", sim.control_sessions)
     r.add_get("/control/info", sim.control_info)
+    r.add_post("/control/sessions/drop", sim.control_drop_sessions)
 
     async def cleanup(_: web.Application) -> None:
         await sim.close()

@@ -1,0 +1,128 @@
+"""``modbot-ring sim ...``: drive the local Discord simulator's control API from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from .client.flags import Flag, add_flags
+
+SIM_FLAGS = [Flag("sim-url", "MODBOT_SIM_URL", "http://127.0.0.1:8790", "the simulator's base URL")]
+
+
+class SimError(Exception):
+    pass
+
+
+def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(
+        f"{args.sim_url.rstrip('/')}{path}",
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=600) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        raise SimError(
+            f"simulator answered {exc.code}: {exc.read().decode(errors='replace')[:200]}"
+        ) from None
+    except urllib.error.URLError as exc:
+        raise SimError(f"cannot reach the simulator at {args.sim_url}: {exc.reason}") from None
+
+
+def add_sim_commands(sub: Any, handler: Any) -> None:
+    sim = sub.add_parser("sim", help="drive the local Discord simulator")
+    sim_sub = sim.add_subparsers(metavar="ACTION")
+
+    def command(name: str, help: str, run: Any) -> argparse.ArgumentParser:
+        p = sim_sub.add_parser(name, help=help, description=help)
+        add_flags(p, SIM_FLAGS)
+        p.set_defaults(handler=lambda args: handler(args, run))
+        return p
+
+    command(
+        "info", "the simulator's URLs and public key", lambda a: _call(a, "GET", "/control/info")
+    )
+    command("guilds", "list guilds", lambda a: _call(a, "GET", "/control/guilds"))
+    p = command(
+        "create-guilds",
+        "create guilds (each gets channels, roles and members)",
+        lambda a: _call(a, "POST", "/control/guilds", {"count": a.count, "members": a.members}),
+    )
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--members", type=int, default=3)
+    p = command(
+        "messages",
+        "inject MESSAGE_CREATE events at a rate",
+        lambda a: _call(
+            a,
+            "POST",
+            "/control/messages",
+            {"guild_ids": a.guild, "count": a.count, "rate": a.rate, "content": a.content},
+        ),
+    )
+    p.add_argument("--guild", action="append", required=True, help="guild id (repeatable)")
+    p.add_argument("--count", type=int, default=1, help="messages per guild")
+    p.add_argument(
+        "--rate", type=float, default=0, help="messages per second (0: as fast as possible)"
+    )
+    p.add_argument("--content", default="hello from the simulator")
+    p = command(
+        "event",
+        "inject a message delete, ban or member removal",
+        lambda a: _call(
+            a,
+            "POST",
+            "/control/events",
+            {"type": a.type, "guild_id": a.guild, "user_id": a.user, "message_id": a.message},
+        ),
+    )
+    p.add_argument("type", choices=["message_delete", "ban", "member_remove"])
+    p.add_argument("--guild", required=True)
+    p.add_argument("--user", default=None)
+    p.add_argument("--message", default=None)
+    p = command(
+        "interact",
+        "send a signed interaction webhook (as Discord) and print the answer",
+        lambda a: _call(
+            a,
+            "POST",
+            "/control/interactions",
+            {
+                "url": a.url,
+                "guild_id": a.guild,
+                "command": a.command,
+                "kind": a.kind,
+                "options": json.loads(a.options),
+            },
+        ),
+    )
+    p.add_argument(
+        "--url",
+        required=True,
+        help="the interactions endpoint, e.g. http://127.0.0.1:8080/webhooks/discord",
+    )
+    p.add_argument("--guild", required=True)
+    p.add_argument("--command", required=True, help="command name, e.g. setup, modreport, Report")
+    p.add_argument("--kind", type=int, default=1, help="1 slash command, 3 message context menu")
+    p.add_argument("--options", default="{}", help='JSON, e.g. {"user": ["user", "123"]}')
+    p = command(
+        "calls",
+        "REST calls the simulator received",
+        lambda a: _call(a, "GET", f"/control/calls?since={a.since}"),
+    )
+    p.add_argument("--since", type=int, default=0)
+    command(
+        "sessions", "gateway sessions and IDENTIFYs", lambda a: _call(a, "GET", "/control/sessions")
+    )
+    command(
+        "drop-sessions",
+        "disconnect every gateway session (clients RESUME)",
+        lambda a: _call(a, "POST", "/control/sessions/drop"),
+    )
