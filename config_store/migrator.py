@@ -140,7 +140,7 @@ class Migrator:
             state = m["state"]
             if state in ("done", "rolled_back", "cancelled"):
                 return str(state)
-            if migration_id in self.cancelled and state in BEFORE_FLIP:
+            if state == "aborted" or (migration_id in self.cancelled and state in BEFORE_FLIP):
                 await self._roll_back(m)
                 continue
             if self.step_delay:
@@ -232,21 +232,29 @@ class Migrator:
             raise Invalid(f"migration {m['id']} in unknown state {state!r}")
 
     async def _roll_back(self, m: dict[str, Any]) -> None:
+        """Undo a migration that has not flipped, in two resumable halves.
+
+        ``aborted`` (a new table version): the guild is no longer migrating, so the target
+        stops holding its events. Only once the target has seen that version is its copy
+        deleted (nothing can land after the delete), and only then is the migration
+        ``rolled_back``: whoever sees that state sees a clean target."""
         gid, epoch, target = int(m["guild_id"]), m["epoch"], m["target"]
-        if m["state"] in ("frozen", "imported"):
-            await self._pod(
-                m["source"], "POST", f"/internal/guilds/{gid}/unfreeze", {"epoch": epoch}
+        version = m["detail"].get("abort_version")
+        if m["state"] != "aborted":
+            if m["state"] in ("frozen", "imported"):
+                await self._pod(
+                    m["source"], "POST", f"/internal/guilds/{gid}/unfreeze", {"epoch": epoch}
+                )
+            version = await self._retry(
+                lambda: self.migrations.close(m["id"], "aborted", "migrator"), "abort"
             )
-        # close first: once the target sees the guild is no longer migrating to it, it
-        # stops holding; only then is its copy deleted, so nothing lands after the delete
-        version = await self._retry(
-            lambda: self.migrations.close(m["id"], "rolled_back", "migrator"), "close"
-        )
-        await self.publisher.refresh()
+            await self.migrations.set_state(m["id"], "aborted", abort_version=version)
+            await self.publisher.refresh()
         await self._until(
-            lambda: self._pod_has_version(target, version), f"{target} to see table v{version}"
+            lambda: self._pod_has_version(target, version or 0), f"{target} to see table v{version}"
         )
         await self._pod(target, "DELETE", f"/internal/guilds/{gid}?epoch={epoch}&force=1")
+        await self._retry(lambda: self.migrations.set_state(m["id"], "rolled_back"), "rolled back")
         self.cancelled.discard(m["id"])
         log.info("migration %s rolled back: guild %s stays on %s", m["id"], gid, m["source"])
 
@@ -539,5 +547,5 @@ class Migrator:
         return bool(status["holding"] and status["shard_ready"])
 
     async def _pod_has_version(self, pod: str, version: int) -> bool:
-        status = await self._pod(pod, "GET", "/internal/guilds/1")
-        return int(status.get("table_version") or 0) >= version
+        status = await self._pod(pod, "GET", "/internal/table")
+        return int(status["version"] or 0) >= version

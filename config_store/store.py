@@ -197,7 +197,8 @@ class Store:
                     for g, e in await tx.fetchall("SELECT guild_id, epoch FROM guild_epochs")
                 }
                 moving = await tx.fetchall(
-                    "SELECT guild_id, shard, target FROM migrations WHERE state NOT IN ('done', 'rolled_back', 'cancelled')"
+                    "SELECT guild_id, shard, target FROM migrations"
+                    " WHERE state NOT IN ('done', 'rolled_back', 'cancelled', 'aborted')"
                 )
         except DatabaseUnavailable as exc:
             raise StoreUnavailable(f"database unavailable: {exc}") from None

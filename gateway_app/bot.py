@@ -28,7 +28,6 @@ from .storage import GuildStore
 
 log = logging.getLogger("modbot.gateway.bot")
 
-Owns = Callable[[int], bool]
 Handle = Callable[[int, str, dict[str, Any]], str]  # (guild id, event key, event) -> outcome
 
 NOT_SET_UP = (
@@ -162,12 +161,11 @@ class GatewayClient(discord.AutoShardedClient):
 class CommandClient(discord.Client):
     """REST-only client with mod-bot's commands; see :func:`build_commands`."""
 
-    def __init__(self, store: GuildStore, owns: Owns) -> None:
+    def __init__(self, store: GuildStore) -> None:
         intents = discord.Intents.none()
         intents.guilds = True  # nothing is received (no gateway); this only silences a warning
         super().__init__(intents=intents)
         self.store = store
-        self.owns = owns
         self.tree = build_commands(self, store)
 
 

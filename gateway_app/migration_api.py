@@ -141,6 +141,11 @@ async def drop(request: web.Request) -> web.Response:
     return web.json_response({"deleted": counts})
 
 
+async def table_version(request: web.Request) -> web.Response:
+    pod = request.app[POD_KEY]
+    return web.json_response({"pod": pod.name, "version": pod.table_version})
+
+
 async def guilds(request: web.Request) -> web.Response:
     pod = request.app[POD_KEY]
     ids = await pod.store.guild_ids()
@@ -153,6 +158,7 @@ def _dumps(data: Any) -> str:
 
 def add_routes(app: web.Application) -> None:
     r = app.router
+    r.add_get("/internal/table", table_version)
     r.add_get("/internal/guilds", guilds)
     r.add_get("/internal/guilds/{guild_id}", status)
     r.add_post("/internal/guilds/{guild_id}/freeze", freeze)

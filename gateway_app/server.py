@@ -98,7 +98,7 @@ class Pod:
             poll_interval=settings.table_poll,
         )
         self.gate = GuildGate(self.name, self.table_client, self.store, self.owns, self.load)
-        self.commands = CommandClient(self.store, self.owns)
+        self.commands = CommandClient(self.store)
         self.commands_ready = False
         self.shards = ShardSupervisor(self.name, settings.discord_token, self._gateway_client)
         self.config = ConfigApi(settings.config_url, settings.admin_token)

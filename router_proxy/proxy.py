@@ -83,6 +83,11 @@ class ProxySettings:
     upstream_timeout: float = 10.0
     followup_window: float = 600.0
 
+    @classmethod
+    def from_args(cls, args: Any) -> ProxySettings:
+        fields = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in vars(args).items() if k in fields})
+
 
 class ProxyMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -145,6 +150,10 @@ class RouterProxy:
             Verifier(settings.discord_public_key) if settings.discord_public_key else None
         )
         self.breakers: dict[str, CircuitBreaker] = {}
+        # built once: the API path would otherwise allocate one per request
+        self._upstream_timeout = aiohttp.ClientTimeout(
+            total=settings.upstream_timeout, sock_connect=1.0
+        )
         self.session: aiohttp.ClientSession | None = None
         self.background: set[asyncio.Task[None]] = set()
 
@@ -229,9 +238,9 @@ class RouterProxy:
                     headers=headers,
                     data=data,
                     allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(
-                        total=timeout or self.settings.upstream_timeout, sock_connect=1.0
-                    ),
+                    timeout=self._upstream_timeout
+                    if timeout is None
+                    else aiohttp.ClientTimeout(total=timeout, sock_connect=1.0),
                 )
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
                 breaker.failure()

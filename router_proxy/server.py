@@ -78,17 +78,8 @@ async def start_proxy(
 
 
 async def serve(args: argparse.Namespace) -> None:
-    settings = ProxySettings(
-        internal_token=args.internal_token,
-        discord_public_key=args.discord_public_key,
-        discord_api_url=args.discord_api_url,
-        default_pod=args.default_pod,
-        interaction_deadline=args.interaction_deadline,
-        upstream_timeout=args.upstream_timeout,
-        followup_window=args.followup_window,
-    )
     running = await start_proxy(
-        settings,
+        ProxySettings.from_args(args),
         config_url=args.config_url,
         redis_url=args.redis_url,
         redis_prefix=args.redis_prefix,

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +76,6 @@ class Stack:
     pods: dict[str, PodProcess]
     http: aiohttp.ClientSession
     tmp: Path
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def world(self) -> Any:
@@ -302,7 +300,3 @@ async def running_stack(
             await http.close()
             await proxy.stop()
             await sim.stop()
-
-
-def dump(data: Any) -> str:
-    return json.dumps(data, indent=1)[:2000]
