@@ -7,6 +7,7 @@ typo never silently becomes a default.
 
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 import logging
@@ -19,9 +20,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from modbot_ring import InvalidGuildId, NoRouteError, parse_guild_id
 
+from .balancer import Balancer
 from .client.observability import json_error
 from .migrator import Migrator
 from .openapi import OPENAPI
+from .ops_page import render as render_ops
 from .publisher import Snapshot, TablePublisher
 from .store import Invalid, Store, StoreError, StoreUnavailable
 
@@ -36,6 +39,7 @@ STORE_KEY: web.AppKey[Store] = web.AppKey("store", Store)
 PUBLISHER_KEY: web.AppKey[TablePublisher] = web.AppKey("publisher", TablePublisher)
 SETTINGS_KEY: web.AppKey[dict[str, Any]] = web.AppKey("settings", dict)
 MIGRATOR_KEY: web.AppKey[Migrator] = web.AppKey("migrator", Migrator)
+BALANCER_KEY: web.AppKey[Balancer] = web.AppKey("balancer", Balancer)
 METRICS_KEY: web.AppKey[ApiMetrics] = web.AppKey("metrics")
 
 
@@ -320,6 +324,12 @@ async def get_status(request: web.Request) -> web.Response:
             "shard_pin_count": len(table.shard_pins),
             "migrating": len(table.migrating) + len(table.migrating_shards),
             "database": "ok" if records or not table.pods else "unreachable",
+            "balance": {
+                k: v
+                for k, v in request.app[BALANCER_KEY].status().items()
+                if k
+                in ("mode", "decision", "imbalance", "skew", "advice", "waiting_plan", "scale_out")
+            },
         }
     )
 
@@ -613,6 +623,48 @@ async def verify(request: web.Request) -> web.Response:
     return web.json_response(await request.app[MIGRATOR_KEY].verify())
 
 
+@role("read")
+async def get_balance(request: web.Request) -> web.Response:
+    return web.json_response(request.app[BALANCER_KEY].status())
+
+
+def _admin_credentials(request: web.Request) -> bool:
+    """Bearer admin token, or HTTP Basic with the admin token as the password (so a
+    browser can open the page: it prompts for Basic credentials on a 401)."""
+    admin = request.app[SETTINGS_KEY]["admin_token"]
+    header = request.headers.get("Authorization", "")
+    token = ""
+    if header.startswith("Bearer "):
+        token = header[7:]
+    elif header.startswith("Basic "):
+        try:
+            token = base64.b64decode(header[6:], validate=True).decode().partition(":")[2]
+        except (ValueError, UnicodeDecodeError):
+            token = ""
+    return bool(admin) and bool(token) and hmac.compare_digest(token, admin)
+
+
+async def ops_page(request: web.Request) -> web.Response:
+    if not _admin_credentials(request):
+        return json_error(
+            401,
+            "the operations page needs the admin token (Bearer, or Basic with it as the password)",
+            **{"WWW-Authenticate": 'Basic realm="modbot-ring ops", charset="UTF-8"'},
+        )
+    snap = await _snapshot(request)
+    store = request.app[STORE_KEY]
+    migrations = request.app[MIGRATOR_KEY].migrations
+    html = render_ops(
+        version=snap.version,
+        balance=request.app[BALANCER_KEY].status(),
+        pods=await store.pods(),
+        pins=await store.pins(),
+        migrations=await migrations.list(open_only=True),
+        plans=await migrations.plans_in_state(("proposed",)),
+    )
+    return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-store"})
+
+
 async def openapi(_: web.Request) -> web.Response:
     return web.json_response(OPENAPI)
 
@@ -648,3 +700,5 @@ def add_routes(app: web.Application) -> None:
     r.add_post("/v1/plans/{id}/apply", apply_plan)
     r.add_post("/v1/plans/{id}/cancel", cancel_plan)
     r.add_get("/v1/verify", verify)
+    r.add_get("/v1/balance", get_balance)
+    r.add_get("/ops", ops_page)

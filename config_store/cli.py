@@ -11,12 +11,15 @@ import argparse
 import asyncio
 import importlib
 import json
+import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from modbot_ring import InvalidGuildId, parse_guild_id
 
+from .charts import before_after
 from .client.config_api import ConfigApi, ConfigApiError
 from .client.flags import Flag, add_flags
 
@@ -106,8 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o", "--output", default="", help="where to save the plan (default <plan id>.json)"
     )
+    p.add_argument(
+        "--svg", default="", help="also draw load per pod before and after into this SVG file"
+    )
     p = operator("apply", "execute a saved plan (resumable: run it again to re-attach)", _apply)
-    p.add_argument("plan_file", help="a file written by `modbot-ring plan`")
+    p.add_argument(
+        "plan_file", help="a file written by `modbot-ring plan`, or the id of a stored plan"
+    )
     p.add_argument("--concurrency", type=int, default=1, help="moves in flight at once (default 1)")
     p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     operator(
@@ -238,7 +246,15 @@ async def _status(args: argparse.Namespace, api: ConfigApi) -> int:
         pins = f"{data['pin_count']} pinned guilds" + (
             f", {data['shard_pin_count']} pinned shards" if data["shard_pin_count"] else ""
         )
-        return f"{head}\n{pods}\n{pins}"
+        lines = [head, pods, pins]
+        balance = data.get("balance") or {}
+        if balance.get("imbalance") is not None:
+            lines.append(
+                f"load: imbalance {balance['imbalance']:.2f} (peak/mean), skew {balance['skew']:.2f}; "
+                f"balancer {balance['mode']}: {balance['decision']}"
+            )
+        lines.extend(balance.get("advice") or [])
+        return "\n".join(lines)
 
     _emit(args, data, human)
     return 0
@@ -336,6 +352,11 @@ async def _plan(args: argparse.Namespace, api: ConfigApi) -> int:
     path = args.output or f"{plan['id']}.json"
     with open(path, "w") as f:
         json.dump(plan, f, indent=2, sort_keys=True)
+    if args.svg:
+        try:
+            Path(args.svg).write_text(before_after(plan))
+        except OSError as exc:
+            raise CliError(f"cannot write {args.svg}: {exc.strerror}", EXIT_USAGE) from None
 
     def human() -> str:
         lines = [
@@ -350,6 +371,7 @@ async def _plan(args: argparse.Namespace, api: ConfigApi) -> int:
             *(f"cannot fix: {u}" for u in plan["unfixable"]),
             f"dry run: nothing moved. Saved with the current assignment to {path}.",
             f"apply: modbot-ring apply {path}    undo later: modbot-ring rollback {path}",
+            *([f"before/after chart: {args.svg}"] if args.svg else []),
         ]
         return "\n".join(lines)
 
@@ -403,8 +425,14 @@ async def _follow_plan(args: argparse.Namespace, api: ConfigApi, plan_id: str, t
 
 
 async def _apply(args: argparse.Namespace, api: ConfigApi) -> int:
-    plan = _load_plan_file(args.plan_file)
-    record = await api.get(f"/v1/plans/{plan['id']}")
+    if Path(args.plan_file).exists() or args.plan_file.endswith(".json"):
+        plan = _load_plan_file(args.plan_file)
+        record = await api.get(f"/v1/plans/{plan['id']}")
+    else:  # a plan id, e.g. one the balancer proposed
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,99}", args.plan_file):
+            raise CliError(f"no such plan file, and not a plan id: {args.plan_file!r}", EXIT_USAGE)
+        record = await api.get(f"/v1/plans/{args.plan_file}")
+        plan = record["plan"]
     if record["state"] != "executing":  # executing: a previous apply was interrupted; re-attach
         if record["state"] not in ("proposed", "interrupted"):
             raise CliError(f"plan {plan['id']} is {record['state']}", EXIT_CONFLICT)

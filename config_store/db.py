@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import zlib
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,6 +41,7 @@ class Database(Protocol):
     def transaction(self, *, write: bool = True) -> contextlib.AbstractAsyncContextManager[Tx]: ...
     async def ping(self) -> None: ...
     async def close(self) -> None: ...
+    async def try_lead(self, name: str) -> bool: ...
 
 
 async def open_database(url: str, *, schema: str = "") -> Database:
@@ -93,6 +95,7 @@ class PostgresDatabase:
         self.url = url
         self.schema = schema
         self._pool: Any = None
+        self._leases: dict[str, Any] = {}
 
     async def open(self) -> None:
         import psycopg
@@ -137,7 +140,36 @@ class PostgresDatabase:
         async with self.transaction(write=False) as tx:
             await tx.fetchone("SELECT 1")
 
+    async def try_lead(self, name: str) -> bool:
+        """Hold the session advisory lock ``name`` (scoped to the schema) on a connection
+        of its own: whoever holds it leads until that connection drops. Called on every
+        tick: it checks the lock is still held, or tries to take it."""
+        import psycopg
+
+        key = zlib.crc32(f"{self.schema or 'public'}:{name}".encode()) - 2**31
+        conn = self._leases.get(name)
+        try:
+            if conn is not None and not conn.closed:
+                await conn.execute("SELECT 1")
+                return True
+            conn = await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, connect_timeout=5
+            )
+            row = await (await conn.execute("SELECT pg_try_advisory_lock(%s)", (key,))).fetchone()
+        except psycopg.OperationalError:
+            self._leases.pop(name, None)
+            return False
+        if row and row[0]:
+            self._leases[name] = conn
+            return True
+        await conn.close()
+        return False
+
     async def close(self) -> None:
+        for conn in self._leases.values():
+            with contextlib.suppress(Exception):
+                await conn.close()
+        self._leases.clear()
         if self._pool is not None:
             await self._pool.close()
 
@@ -225,6 +257,10 @@ class SqliteDatabase:
     async def ping(self) -> None:
         async with self.transaction(write=False) as tx:
             await tx.fetchone("SELECT 1")
+
+    async def try_lead(self, name: str) -> bool:
+        """One process owns an embedded database: it always leads."""
+        return True
 
     async def close(self) -> None:
         if self._conn is not None:

@@ -34,6 +34,7 @@ import aiohttp
 
 from modbot_ring import PlanLimits, RoutingTable, plan_rebalance, shard_for
 
+from .loads import collect
 from .publisher import TablePublisher
 from .store import Conflict, Invalid, MigrationStore, NotFound, Store, StoreError
 
@@ -259,13 +260,14 @@ class Migrator:
         log.info("migration %s rolled back: guild %s stays on %s", m["id"], gid, m["source"])
 
     async def hold_before_join(self, pod: str, actor: str) -> bool:
-        """Before a new pod joins the ring: if pods already hold guild data, pin every
-        shard where it is, so the join moves nothing implicitly (plans move data)."""
+        """Before a new pod joins the ring: if pods already hold guild data or carry
+        load, pin every shard where it is, so the join moves nothing implicitly: a plan
+        (the balancer proposes one) moves data and Discord sessions, within its budget."""
         table = await self._table()
         if pod in table.pods or table.shard_count is None or not table.pods:
             return False
-        has_data = False
-        for name in table.pods:
+        has_data = collect(await self.store.pods()).total > 0
+        for name in [] if has_data else table.pods:
             try:
                 held = await self._pod(name, "GET", "/internal/guilds", retry=False)
             except (PodCallError, aiohttp.ClientError, TimeoutError, Invalid) as exc:
@@ -293,13 +295,27 @@ class Migrator:
     # -- plans ---------------------------------------------------------------------------------------
 
     async def generate_plan(
-        self, *, epsilon: float, max_moves: int | None, actor: str
+        self,
+        *,
+        epsilon: float,
+        max_moves: int | None,
+        actor: str,
+        frozen_shards: frozenset[int] = frozenset(),
+        frozen_guilds: frozenset[int] = frozenset(),
+        reason: str = "",
     ) -> dict[str, Any]:
         table = await self._table()
-        loads = await self.guild_loads(table)
+        loads, shard_loads, sizes = await self.plan_inputs(table)
         hard = {int(p["guild_id"]) for p in await self.store.pins() if p["kind"] == "hard"}
         plan = plan_rebalance(
-            table, loads, hard_pins=hard, limits=PlanLimits(epsilon=epsilon, max_moves=max_moves)
+            table,
+            loads,
+            shard_loads=shard_loads if table.shard_count else None,
+            hard_pins=hard,
+            frozen_shards=frozen_shards,
+            frozen_guilds=frozen_guilds,
+            guild_bytes=sizes,
+            limits=PlanLimits(epsilon=epsilon, max_moves=max_moves),
         )
         body = plan.to_dict()
         body["current_assignment"] = {
@@ -308,6 +324,8 @@ class Migrator:
             else {},
             "pins": {str(g): p for g, p in table.pins.items()},
         }
+        if reason:
+            body["reason"] = reason
         plan_id = f"plan-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         body["id"] = plan_id
         await self.migrations.save_plan(plan_id, body, table.version, actor)
@@ -346,19 +364,24 @@ class Migrator:
         await self.migrations.save_plan(plan_id, body, table.version, actor)
         return body
 
-    async def guild_loads(self, table: RoutingTable) -> dict[int, float]:
-        """Load per guild: the pods' reported rates, 1.0 for guilds with no rate yet."""
-        loads: dict[int, float] = {}
-        for record in await self.store.pods():
+    async def plan_inputs(
+        self, table: RoutingTable
+    ) -> tuple[dict[int, float], dict[int, float], dict[int, int]]:
+        """Load per guild and per shard (the rest of each shard), and bytes per guild.
+
+        Rates are what the pods report; a guild a pod holds counts at least 1.0, so
+        quiet guilds (their storage, their session state) still spread out."""
+        records = await self.store.pods()
+        cluster = collect(records)
+        loads: dict[int, float] = dict(cluster.guilds)
+        for record in records:
             if not record.online or not record.url:
                 continue
             with contextlib.suppress(PodCallError, aiohttp.ClientError, TimeoutError):
                 held = await self._pod(record.name, "GET", "/internal/guilds", retry=False)
                 for g in held["guilds"]:
-                    loads.setdefault(int(g), 1.0)
-            for g, rate in ((record.load or {}).get("guilds") or {}).items():
-                loads[int(g)] = max(float(rate), 1.0)
-        return loads
+                    loads[int(g)] = max(loads.get(int(g), 0.0), 1.0)
+        return loads, cluster.shards, cluster.guild_bytes
 
     async def apply_plan(self, plan_id: str, concurrency: int, actor: str) -> None:
         record = await self.migrations.plan(plan_id)

@@ -330,6 +330,11 @@ OPENAPI: dict[str, Any] = {
         "/v1/verify": {
             "get": _op("every pod holds rows only of guilds it owns; no migration is stuck")
         },
+        "/v1/balance": {
+            "get": _op(
+                "scaling decisions: load per pod, imbalance over time, advice, the waiting plan"
+            )
+        },
         "/v1/openapi.json": {
             "get": {
                 "summary": "this document",

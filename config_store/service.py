@@ -11,7 +11,10 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from modbot_ring import BalancePolicy
+
 from .api import (
+    BALANCER_KEY,
     MAX_BODY,
     METRICS_KEY,
     MIGRATOR_KEY,
@@ -23,6 +26,7 @@ from .api import (
     auth_middleware,
     errors_middleware,
 )
+from .balancer import Balancer, BalancerSettings
 from .client.observability import add_health_routes, setup_logging
 from .migrator import Migrator
 from .publisher import TablePublisher
@@ -42,6 +46,7 @@ def build_app(
     poll_interval: float = 1.0,
     internal_token: str = "",
     migration_step_delay: float = 0.0,
+    balance: BalancerSettings | None = None,
 ) -> web.Application:
     """The app, ready for an AppRunner; starts its background tasks on startup."""
     registry = CollectorRegistry()
@@ -60,6 +65,10 @@ def build_app(
         store, publisher, internal_token=internal_token, step_delay=migration_step_delay
     )
     app[MIGRATOR_KEY] = migrator
+    balancer = Balancer(
+        store, migrator, publisher, balance or BalancerSettings(mode="off"), registry
+    )
+    app[BALANCER_KEY] = balancer
     if not admin_token:
         log.warning("no admin token configured: every write will be refused")
     add_routes(app)
@@ -109,12 +118,14 @@ def build_app(
     async def lifecycle(app: web.Application) -> Any:
         await publisher.start()
         await migrator.start()
+        await balancer.start()
         tasks = [asyncio.create_task(sweep_offline()), asyncio.create_task(gauges())]
         yield
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await balancer.stop()
         await migrator.stop()
         await publisher.stop()
 
@@ -141,6 +152,7 @@ async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None)
         heartbeat_timeout=args.heartbeat_timeout,
         internal_token=args.internal_token,
         migration_step_delay=args.migration_step_delay,
+        balance=balancer_settings(args),
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -156,6 +168,23 @@ async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None)
     finally:
         await runner.cleanup()
         await store.close()
+
+
+def balancer_settings(args: argparse.Namespace) -> BalancerSettings:
+    return BalancerSettings(
+        mode=args.balance_mode,
+        interval=args.balance_interval,
+        statefulset=args.gateway_statefulset,
+        policy=BalancePolicy(
+            threshold=args.balance_threshold,
+            clear=args.balance_clear,
+            hold_down=args.balance_hold_down,
+            cooldown=args.balance_cooldown,
+            target_epsilon=args.balance_target,
+            capacity=args.pod_capacity,
+            move_budget_per_hour=args.move_budget,
+        ),
+    )
 
 
 def run(args: argparse.Namespace) -> int:

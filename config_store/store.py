@@ -757,6 +757,33 @@ class MigrationStore:
         )
         return [await self.plan(r[0]) for r in rows]
 
+    async def plans_in_state(
+        self, states: tuple[str, ...], *, actor: str | None = None, since: float = 0.0
+    ) -> list[dict[str, Any]]:
+        marks = ", ".join(["%s"] * len(states))
+        sql = f"SELECT id FROM plans WHERE state IN ({marks}) AND created_at >= %s"
+        params: list[Any] = [*states, since]
+        if actor is not None:
+            sql += " AND actor = %s"
+            params.append(actor)
+        rows = await self.store._read_all(sql + " ORDER BY created_at DESC", tuple(params))
+        return [await self.plan(r[0]) for r in rows]
+
+    async def recently_moved(self, since: float) -> tuple[frozenset[int], frozenset[int]]:
+        """Guilds and shards that moved at or after ``since``: the cool-down set."""
+        guilds = await self.store._read_all(
+            "SELECT DISTINCT guild_id FROM migrations WHERE updated_at >= %s AND state NOT IN ('rolled_back', 'aborted')",
+            (since,),
+        )
+        shards = await self.store._read_all(
+            "SELECT shard FROM shard_pins WHERE reason = 'rebalance' AND created_at >= %s",
+            (since,),
+        )
+        return (
+            frozenset(int(r[0]) for r in guilds if r[0] is not None),
+            frozenset(int(r[0]) for r in shards),
+        )
+
     async def set_plan_state(
         self, plan_id: str, state: str, *, expect: tuple[str, ...] | None = None
     ) -> None:

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from config_store.client.config_api import ConfigApi, ConfigApiError
 from config_store.client.observability import add_health_routes, setup_logging
 from config_store.client.table_client import RoutingTableClient
+from modbot_ring import shard_for
 
 from .api import MAX_BODY, POD_KEY, add_routes, internal_auth, misdirected_response, owner_or_none
 from .bot import CommandClient, GatewayClient, LoadMeter, RecentEvents
@@ -89,6 +90,7 @@ class Pod:
         self.metrics = PodMetrics(self.registry)
         self.store = GuildStore(settings.database)
         self.load = LoadMeter()
+        self.guild_bytes: dict[int, int] = {}
         self.recent = RecentEvents()
         self.table_client = RoutingTableClient(
             redis_url=settings.redis_url,
@@ -171,6 +173,7 @@ class Pod:
         self.shards.follow(self.table_client.table)
         self._tasks.append(asyncio.create_task(self._login_commands(), name="command-login"))
         self._tasks.append(asyncio.create_task(self._heartbeats(), name="heartbeats"))
+        self._tasks.append(asyncio.create_task(self._measure_sizes(), name="guild-sizes"))
         log.info("pod %s serving on %s", self.name, s.public_url)
 
     async def stop(self) -> None:
@@ -215,16 +218,41 @@ class Pod:
                 delay = min(delay * 2, 5)
 
     def load_report(self) -> dict[str, Any]:
-        """Per-guild event rates: the top guilds, plus a total. Bounded in size."""
+        """Bounded whatever the guild count: the top guilds by event rate (with their
+        approximate SQLite bytes), then one aggregate per shard for the rest (or one
+        figure, in a guild-keyed table), and the totals."""
         rates = self.load.rates()
-        top = sorted(rates.items(), key=lambda kv: kv[1], reverse=True)[:TOP_GUILDS]
+        ranked = sorted(rates.items(), key=lambda kv: (-kv[1], kv[0]))
+        top = [(g, r) for g, r in ranked[:TOP_GUILDS] if r > 0.0001]
+        rest: dict[int, float] = {}
+        rest_total = 0.0
+        table = self.table_client.table
+        count = table.shard_count if table is not None else None
+        for g, r in ranked[len(top) :]:
+            rest_total += r
+            if count:
+                shard = shard_for(g, count)
+                rest[shard] = rest.get(shard, 0.0) + r
         return {
             "events_per_s": round(sum(rates.values()), 3),
-            "guilds": {str(g): round(r, 4) for g, r in top if r > 0.0001},
+            "guilds": {str(g): round(r, 4) for g, r in top},
+            "bytes": {str(g): self.guild_bytes.get(g, 0) for g, _ in top},
+            "shards": {str(s): round(r, 4) for s, r in sorted(rest.items()) if r > 0.0001},
+            "rest": 0.0 if count else round(rest_total, 4),
             "guild_count": len(rates),
-            "shards": self.shards.connected_shards,
+            "db_bytes": self.store.file_bytes(),
+            "connected_shards": self.shards.connected_shards,
             "at": time.time(),
         }
+
+    async def _measure_sizes(self) -> None:
+        """Approximate bytes per guild: a scan, so every minute rather than per heartbeat."""
+        while True:
+            try:
+                self.guild_bytes = await self.store.guild_sizes()
+            except Exception as exc:  # a busy or closing database: try again next time
+                log.debug("guild sizes not measured: %s", exc)
+            await asyncio.sleep(60.0)
 
     async def _heartbeats(self) -> None:
         while True:

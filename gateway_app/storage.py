@@ -617,6 +617,32 @@ class GuildStore:
             raise
         return counts
 
+    async def guild_sizes(self) -> dict[int, int]:
+        """Approximate bytes per guild: rows times their typical stored size, plus text."""
+        await self.flush()
+        rows = await self._all(
+            """
+            SELECT guild_id, SUM(n) FROM (
+                SELECT guild_id, COUNT(*) * 64 AS n FROM message_stats GROUP BY guild_id
+                UNION ALL
+                SELECT guild_id, SUM(96 + LENGTH(content) + LENGTH(reason)) FROM reported_messages
+                GROUP BY guild_id
+                UNION ALL
+                SELECT guild_id, SUM(64 + LENGTH(COALESCE(reason, ''))) FROM mod_actions
+                GROUP BY guild_id
+                UNION ALL
+                SELECT guild_id, 32 + LENGTH(settings) FROM guilds
+            ) GROUP BY guild_id
+            """
+        )
+        return {int(g): int(n) for g, n in rows}
+
+    def file_bytes(self) -> int:
+        try:
+            return Path(self.path).stat().st_size
+        except OSError:
+            return 0
+
     async def row_counts(self, guild_id: int | None = None) -> dict[str, int]:
         await self.flush()
         where = " WHERE guild_id = ?" if guild_id is not None else ""

@@ -9,6 +9,7 @@ proxies, pods, operators' tools and other projects compute the same answer local
     True
 """
 
+from .balance import BalancePolicy, HotGuild, LoadView, SkewDetector, SkewState, measure
 from .diff import OwnerChange, TableDiff, diff
 from .hashring import Algorithm, EmptyRingError, HashRing, key_position
 from .planner import Move, Plan, PlanLimits, plan_rebalance
@@ -28,6 +29,12 @@ __all__ = [
     "FORMAT_VERSION",
     "MAX_SNOWFLAKE",
     "Algorithm",
+    "BalancePolicy",
+    "HotGuild",
+    "LoadView",
+    "SkewDetector",
+    "SkewState",
+    "measure",
     "EmptyRingError",
     "HashRing",
     "InvalidGuildId",

@@ -85,6 +85,7 @@ async def running_config(
     heartbeat_timeout: float = 15.0,
     internal_token: str = "",
     migration_step_delay: float = 0.0,
+    balance: object | None = None,
 ) -> AsyncIterator[ConfigService]:
     from aiohttp import web
 
@@ -103,6 +104,7 @@ async def running_config(
         poll_interval=0.2,
         internal_token=internal_token,
         migration_step_delay=migration_step_delay,
+        balance=balance,  # type: ignore[arg-type]
     )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

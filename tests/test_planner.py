@@ -31,9 +31,12 @@ def test_plans_reach_the_ceiling_when_feasible_and_are_deterministic(old, new, g
     again = plan_rebalance(table, loads)
     assert plan.moves == again.moves
     assert abs(sum(plan.after.values()) - sum(plan.before.values())) < 1e-6
-    # every move leaves an overloaded pod
+    # every move leaves an overloaded pod or fills an underfilled one
     for move in plan.moves:
-        assert plan.before[move.source] > plan.fair[move.source] * 1.05 - 1e-9
+        assert (
+            plan.before[move.source] > plan.fair[move.source] * 1.05 - 1e-9
+            or plan.before[move.target] < plan.fair[move.target] * 0.95 + 1e-9
+        )
     if not plan.unfixable:
         assert plan.peak_to_mean <= 1.05 + 1e-9
     assert plan.moved_load >= plan.lower_bound - 1e-9
@@ -92,3 +95,40 @@ def test_shard_moves_carry_the_shards_unpinned_guilds():
         expected = sum(v for g, v in loads.items() if shard_for(g, 8) == move.id)
         assert move.load == pytest.approx(expected)
     assert plan.to_dict()["moves"] == [m.to_dict() for m in plan.moves]
+
+
+def test_a_new_pod_is_filled_even_when_no_pod_is_over_its_ceiling():
+    # five pods at 1.2x their old share, a sixth empty: nobody exceeds 1.25x, the new pod is at 0
+    base = table_with([f"p{i}" for i in range(5)], shards=60)
+    held = {s: base.shard_owner(s) for s in range(60)}
+    table = table_with([f"p{i}" for i in range(6)], shards=60, shard_pins=held)
+    shard_loads = {s: 10.0 for s in range(60)}
+    plan = plan_rebalance(table, {}, shard_loads=shard_loads, limits=PlanLimits(epsilon=0.25))
+    assert plan.after["p5"] >= plan.fair["p5"] * 0.75
+    assert all(m.kind == "shard" for m in plan.moves)
+    for pod, value in plan.after.items():
+        assert plan.fair[pod] * 0.75 - 1e-9 <= value <= plan.fair[pod] * 1.25 + 1e-9
+
+
+def test_frozen_units_stay_put():
+    base = table_with(["a", "b"], shards=16)
+    held = {s: base.shard_owner(s) for s in range(16)}
+    table = table_with(["a", "b", "c"], shards=16, shard_pins=held)
+    loads = loads_for(2000, skew=0)
+    free = plan_rebalance(table, loads)
+    assert free.moves
+    frozen = {m.id for m in free.moves}
+    hot_guild = next(g for g in loads if shard_for(g, 16) == free.moves[0].id)
+    again = plan_rebalance(
+        table, loads, frozen_shards=frozen - {free.moves[0].id}, frozen_guilds={hot_guild}
+    )
+    assert not {m.id for m in again.moves} & frozen
+
+
+def test_shard_aggregates_count_towards_their_owner():
+    table = table_with(["a", "b"], shards=8)
+    owner = table.shard_owner(3)
+    plan = plan_rebalance(table, {}, shard_loads={3: 40.0})
+    assert plan.before[owner] == pytest.approx(40.0)
+    with pytest.raises(ValueError):
+        plan_rebalance(RoutingTable([Pod("a")]), {}, shard_loads={0: 1.0})

@@ -1,0 +1,307 @@
+"""The scaling-decisions loop: watch load, propose (or apply) plans, advise scaling out.
+
+Every config service replica measures (so each can serve ``/ops`` and ``/metrics``);
+only the leader, the holder of a PostgreSQL advisory lock, acts. Decisions:
+
+- skew above the threshold for the hold-down time -> a plan (``propose``: stored and
+  shown; ``auto``: applied, within the move budget per hour);
+- a pod that joined and carries nothing -> a plan that fills it, without hold-down;
+- balanced but the mean pod above capacity -> "scale out" advice with the command;
+- a guild heavier than a pod's fair share -> "give it a dedicated pod" advice.
+
+Never thrash: units moved within the cool-down are frozen for the planner, plans aim
+well inside the hysteresis band, and after a plan ends a new one needs a full hold-down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Gauge
+
+from modbot_ring import BalancePolicy, LoadView, SkewDetector, SkewState, measure
+
+from .loads import ClusterLoad, collect
+from .migrator import Migrator
+from .publisher import TablePublisher
+from .store import Conflict, MigrationStore, Store, StoreError
+
+log = logging.getLogger("modbot.balancer")
+
+ACTOR = "balancer"
+MODES = ("off", "propose", "auto")
+
+
+@dataclass(frozen=True)
+class BalancerSettings:
+    mode: str = "propose"
+    interval: float = 15.0
+    policy: BalancePolicy = field(default_factory=BalancePolicy)
+    statefulset: str = "gateway"
+    concurrency: int = 1
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"balance mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.interval <= 0:
+            raise ValueError("balance interval must be > 0")
+
+
+class BalancerMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.pod_load = Gauge(
+            "modbot_config_pod_load", "events/s attributed to a pod", ["pod"], registry=registry
+        )
+        self.imbalance = Gauge(
+            "modbot_config_imbalance_ratio", "peak pod load / fair share", registry=registry
+        )
+        self.skew = Gauge(
+            "modbot_config_load_skew",
+            "1 + the largest deviation from fair share",
+            registry=registry,
+        )
+        self.hot = Gauge(
+            "modbot_config_hot_guild_load",
+            "events/s of the hottest guilds",
+            ["guild", "pod"],
+            registry=registry,
+        )
+        self.scale_out = Gauge(
+            "modbot_config_recommended_gateway_replicas",
+            "gateway replicas recommended (0: no advice)",
+            registry=registry,
+        )
+        self.leader = Gauge(
+            "modbot_config_balancer_leader", "1 on the replica that decides", registry=registry
+        )
+        self.waiting = Gauge(
+            "modbot_config_plans_waiting", "plans proposed, not applied", registry=registry
+        )
+
+
+class Balancer:
+    def __init__(
+        self,
+        store: Store,
+        migrator: Migrator,
+        publisher: TablePublisher,
+        settings: BalancerSettings,
+        registry: CollectorRegistry,
+    ) -> None:
+        self.store = store
+        self.migrations: MigrationStore = migrator.migrations
+        self.migrator = migrator
+        self.publisher = publisher
+        self.settings = settings
+        self.policy = settings.policy
+        self.detector = SkewDetector(self.policy)
+        self.metrics = BalancerMetrics(registry)
+        self.history: deque[tuple[float, float, float]] = deque(maxlen=720)
+        self.leader = False
+        self.view: LoadView | None = None
+        self.cluster = ClusterLoad()
+        self.decision = "waiting for load reports"
+        self.scale_out: int | None = None
+        self.waiting: dict[str, Any] | None = None
+        self._hot_labels: set[tuple[str, str]] = set()
+        self._filled: set[str] = set()  # empty pods a plan was made for (once each)
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="balancer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.tick(time.time())
+            except StoreError as exc:
+                log.warning("balancer tick skipped: %s", exc)
+            except Exception:
+                log.exception("balancer tick failed")
+            await asyncio.sleep(self.settings.interval)
+
+    # -- one decision round ------------------------------------------------------------------
+
+    async def tick(self, now: float) -> None:
+        snapshot = self.publisher.snapshot
+        if snapshot is None:
+            return
+        table = snapshot.table
+        records = await self.store.pods()
+        self.cluster = collect(records)
+        view = measure(table, self.cluster.guilds, self.cluster.shards, self.cluster.rest)
+        self.view = view
+        self.history.append((now, view.imbalance, view.skew))
+        self.scale_out = view.scale_out(self.policy.capacity, self.policy)
+        self._export(view)
+        self.leader = await self.store.db.try_lead("balancer")
+        self.metrics.leader.set(1 if self.leader else 0)
+        waiting = await self.migrations.plans_in_state(("proposed",), actor=ACTOR)
+        self.metrics.waiting.set(len(await self.migrations.plans_in_state(("proposed",))))
+        if not self.leader or self.settings.mode == "off":
+            self.waiting = waiting[0] if waiting else None
+            self.decision = "off" if self.settings.mode == "off" else "following the leader"
+            return
+        for stale in waiting:
+            if stale["base_version"] != table.version:
+                with contextlib.suppress(Conflict):
+                    await self.migrations.set_plan_state(
+                        stale["id"], "expired", expect=("proposed",)
+                    )
+                log.info("plan %s expired: the table moved on", stale["id"])
+        waiting = [w for w in waiting if w["base_version"] == table.version]
+        self.waiting = waiting[0] if waiting else None
+        busy = await self.migrations.plans_in_state(("executing",))
+        silent = sorted(
+            r.name for r in records if r.online and r.load is None and r.name in view.fair
+        )
+        if silent:  # a pod that has not reported yet is unknown, not idle
+            self.decision = f"waiting for the first load report of {', '.join(silent)}"
+            return
+        if self.detector.state is SkewState.FIRED and not waiting and not busy:
+            self.detector.rearm(now)  # the last plan ended: a new one needs a full hold-down
+        fire = self.detector.observe(view.skew, now)
+        joined = [p for p in view.empty_pods if p not in self._filled]
+        if joined and not waiting and not busy:
+            fire = True  # a pod joined: fill it now; joining was the operator's decision
+            self.detector.state = SkewState.FIRED
+            self._filled.update(joined)
+        if busy:
+            self.decision = f"plan {busy[0]['id']} is executing"
+        elif self.waiting is not None:
+            self.decision = f"a plan is waiting: modbot-ring apply {self.waiting['id']}"
+        elif fire:
+            await self._act(view, now, table.version)
+        else:
+            left = self.detector.seconds_left(now)
+            self.decision = (
+                f"skewed ({view.skew:.2f}); a plan in {left:.0f}s if it stays above {self.policy.threshold}"
+                if left is not None
+                else "balanced"
+            )
+
+    async def _act(self, view: LoadView, now: float, version: int) -> None:
+        frozen_guilds, frozen_shards = await self.migrations.recently_moved(
+            now - self.policy.cooldown
+        )
+        max_moves: int | None = None
+        if self.settings.mode == "auto":
+            spent = sum(
+                len(p["plan"]["moves"])
+                for p in await self.migrations.plans_in_state(
+                    ("executing", "done", "failed", "cancelled", "interrupted"),
+                    actor=ACTOR,
+                    since=now - 3600,
+                )
+            )
+            max_moves = self.policy.move_budget_per_hour - spent
+            if max_moves <= 0:
+                self.decision = "skewed, but this hour's move budget is spent"
+                self.detector.rearm(now)
+                return
+        reason = (
+            f"{', '.join(view.empty_pods)} joined empty"
+            if view.empty_pods
+            else f"skew {view.skew:.2f} above {self.policy.threshold} for {self.policy.hold_down:g}s"
+        )
+        plan = await self.migrator.generate_plan(
+            epsilon=self.policy.target_epsilon,
+            max_moves=max_moves,
+            actor=ACTOR,
+            frozen_shards=frozen_shards,
+            frozen_guilds=frozen_guilds,
+            reason=reason,
+        )
+        if not plan["moves"]:
+            with contextlib.suppress(Conflict):
+                await self.migrations.set_plan_state(plan["id"], "empty", expect=("proposed",))
+            self.decision = (
+                f"skewed, but nothing can move ({'; '.join(plan['unfixable'][:2]) or 'cool-down'})"
+            )
+            self.detector.rearm(now)
+            return
+        log.info("%s: plan %s with %d move(s)", reason, plan["id"], len(plan["moves"]))
+        if self.settings.mode == "auto" and plan["base_version"] == version:
+            await self.migrator.apply_plan(plan["id"], self.settings.concurrency, ACTOR)
+            self.decision = f"applying plan {plan['id']} ({reason})"
+        else:
+            self.waiting = await self.migrations.plan(plan["id"])
+            self.decision = f"a plan is waiting: modbot-ring apply {plan['id']}"
+
+    def _export(self, view: LoadView) -> None:
+        for pod, value in view.loads.items():
+            self.metrics.pod_load.labels(pod).set(value)
+        self.metrics.imbalance.set(view.imbalance)
+        self.metrics.skew.set(view.skew)
+        self.metrics.scale_out.set(self.scale_out or 0)
+        labels = {(str(h.guild_id), h.pod) for h in view.hot}
+        for gone in self._hot_labels - labels:
+            with contextlib.suppress(KeyError):
+                self.metrics.hot.remove(*gone)
+        for h in view.hot:
+            self.metrics.hot.labels(str(h.guild_id), h.pod).set(h.load)
+        self._hot_labels = labels
+
+    # -- what operators see ---------------------------------------------------------------------
+
+    def advice(self) -> list[str]:
+        lines: list[str] = []
+        view = self.view
+        if view is None:
+            return lines
+        if self.waiting is not None:
+            lines.append(f"a plan is waiting: modbot-ring apply {self.waiting['id']}")
+        if self.scale_out is not None:
+            lines.append(
+                f"balanced but over capacity (mean {view.mean:.1f} events/s per pod, capacity "
+                f"{self.policy.capacity:g}): scale out with "
+                f"kubectl scale statefulset {self.settings.statefulset} --replicas={self.scale_out}"
+            )
+        for hot in view.dedicated():
+            lines.append(
+                f"guild {hot.guild_id} on {hot.pod} carries {hot.share:.1f}x a pod's fair share: "
+                f"give it a dedicated pod (modbot-ring pin {hot.guild_id} <new pod>)"
+            )
+        return lines
+
+    def status(self) -> dict[str, Any]:
+        view = self.view
+        return {
+            "mode": self.settings.mode,
+            "leader": self.leader,
+            "state": self.detector.state.value,
+            "decision": self.decision,
+            "policy": asdict(self.policy),
+            "imbalance": None if view is None else round(view.imbalance, 4),
+            "skew": None if view is None else round(view.skew, 4),
+            "total": None if view is None else round(view.total, 3),
+            "loads": {} if view is None else {p: round(v, 3) for p, v in view.loads.items()},
+            "fair": {} if view is None else {p: round(v, 3) for p, v in view.fair.items()},
+            "hot": []
+            if view is None
+            else [
+                {"guild_id": str(h.guild_id), "pod": h.pod, "load": h.load, "share": h.share}
+                for h in view.hot
+            ],
+            "scale_out": None
+            if self.scale_out is None
+            else {
+                "replicas": self.scale_out,
+                "command": f"kubectl scale statefulset {self.settings.statefulset} --replicas={self.scale_out}",
+            },
+            "waiting_plan": None if self.waiting is None else self.waiting["id"],
+            "advice": self.advice(),
+            "history": [[round(t, 1), round(i, 4), round(s, 4)] for t, i, s in self.history],
+        }
