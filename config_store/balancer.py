@@ -25,12 +25,12 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from modbot_ring import BalancePolicy, LoadView, SkewDetector, SkewState, measure
+from modbot_ring import BalancePolicy, LoadView, RoutingTable, SkewDetector, SkewState, measure
 
 from .loads import ClusterLoad, collect
 from .migrator import Migrator
 from .publisher import TablePublisher
-from .store import Conflict, MigrationStore, Store, StoreError
+from .store import Conflict, MigrationStore, PodRecord, Store, StoreError
 
 log = logging.getLogger("modbot.balancer")
 
@@ -173,8 +173,10 @@ class Balancer:
         if self.detector.state is SkewState.FIRED and not waiting and not busy:
             self.detector.rearm(now)  # the last plan ended: a new one needs a full hold-down
         fire = self.detector.observe(view.skew, now)
-        joined = [p for p in view.empty_pods if p not in self._filled]
-        if joined and not waiting and not busy:
+        joined = [p for p in self._joined(view, table, records, now) if p not in self._filled]
+        if not (joined and not waiting and not busy):
+            joined = []
+        else:
             fire = True  # a pod joined: fill it now; joining was the operator's decision
             self.detector.state = SkewState.FIRED
             self._filled.update(joined)
@@ -183,7 +185,7 @@ class Balancer:
         elif self.waiting is not None:
             self.decision = f"a plan is waiting: modbot-ring apply {self.waiting['id']}"
         elif fire:
-            await self._act(view, now, table.version)
+            await self._act(view, now, table.version, joined)
         else:
             left = self.detector.seconds_left(now)
             self.decision = (
@@ -192,7 +194,20 @@ class Balancer:
                 else "balanced"
             )
 
-    async def _act(self, view: LoadView, now: float, version: int) -> None:
+    @staticmethod
+    def _joined(
+        view: LoadView, table: RoutingTable, records: list[PodRecord], now: float
+    ) -> list[str]:
+        """Empty pods that just joined, as opposed to pods that are idle for a moment:
+        in a shard-keyed table they own no shard yet (a join holds the shards where
+        they are); in a guild-keyed one they registered in the last ten minutes."""
+        registered = {r.name: r.registered_at for r in records}
+        if table.shard_count:
+            owning = {table.shard_owner(s) for s in range(table.shard_count)}
+            return [p for p in view.empty_pods if p not in owning]
+        return [p for p in view.empty_pods if now - registered.get(p, 0.0) < 600]
+
+    async def _act(self, view: LoadView, now: float, version: int, joined: list[str]) -> None:
         frozen_guilds, frozen_shards = await self.migrations.recently_moved(
             now - self.policy.cooldown
         )
@@ -212,8 +227,8 @@ class Balancer:
                 self.detector.rearm(now)
                 return
         reason = (
-            f"{', '.join(view.empty_pods)} joined empty"
-            if view.empty_pods
+            f"{', '.join(joined)} joined empty"
+            if joined
             else f"skew {view.skew:.2f} above {self.policy.threshold} for {self.policy.hold_down:g}s"
         )
         plan = await self.migrator.generate_plan(

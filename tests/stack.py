@@ -244,6 +244,7 @@ async def running_stack(
     heartbeat_timeout: float = 15.0,
     interaction_deadline: float = 2.5,
     migration_step_delay: float = 0.0,
+    balance: Any = None,
 ) -> Any:
     sim = await start_sim()
     for i in range(guilds):
@@ -257,6 +258,7 @@ async def running_stack(
         heartbeat_timeout=heartbeat_timeout,
         internal_token=INTERNAL,
         migration_step_delay=migration_step_delay,
+        balance=balance,
     ) as config:
         procs = {
             f"gateway-{i}": pod_process(

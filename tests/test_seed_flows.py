@@ -1,0 +1,240 @@
+"""The seed's six flows, end to end, on one local stack with real PostgreSQL and Redis:
+the Discord simulator, the config service (balancer on), the proxy, and gateway pods as
+real processes, one of them backed up by Litestream.
+
+The tests run in order and share the stack, as the flows share a cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+import pytest_asyncio
+import redis
+from conftest import ADMIN, PG_URL, REDIS_URL, eventually
+from litestream import Litestream
+from stack import A, pod_process, running_stack
+
+from config_store.balancer import BalancerSettings
+from modbot_ring import BalancePolicy
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def stack(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("seed")
+    schema, prefix = f"t_{uuid.uuid4().hex[:12]}", f"t{uuid.uuid4().hex[:10]}"
+    # the balancer proposes (never applies) and reacts at once only to a pod that joins
+    balance = BalancerSettings(mode="propose", interval=0.5, policy=BalancePolicy(hold_down=3600))
+    try:
+        async with running_stack(
+            tmp,
+            PG_URL,
+            schema,
+            pods=2,
+            guilds=16,
+            shard_count=8,
+            redis_url=REDIS_URL,
+            redis_prefix=prefix,
+            balance=balance,
+        ) as s:
+            s.redis_prefix = prefix
+            yield s
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        client = redis.Redis.from_url(REDIS_URL)
+        for key in client.scan_iter(f"{prefix}:*"):
+            client.delete(key)
+        client.close()
+
+
+async def send(stack, guild_ids, count: int) -> int:
+    async with stack.http.post(
+        f"{stack.sim.url}/control/messages",
+        json={"guild_ids": [str(g) for g in guild_ids], "count": count},
+    ) as r:
+        return int((await r.json())["sent"])
+
+
+def guilds_by_owner(stack) -> dict[str, list[int]]:
+    table = stack.proxy.tables.table
+    out: dict[str, list[int]] = {}
+    for gid in stack.world.guilds:
+        out.setdefault(table.owner(gid), []).append(gid)
+    return out
+
+
+async def stored(stack, pod: str, gid: int) -> int:
+    await stack.flush_pods()
+    return stack.pods[pod].message_counts().get(gid, 0)
+
+
+async def test_1_discord_events_are_stored_on_their_owners(stack):
+    by_owner = guilds_by_owner(stack)
+    a, b = by_owner["gateway-0"][0], by_owner["gateway-1"][0]
+    assert await send(stack, [a, b], 100) == 200
+    for pod, gid in (("gateway-0", a), ("gateway-1", b)):
+        await eventually(lambda pod=pod, gid=gid: _is(stored(stack, pod, gid), 100), timeout=20)
+    assert stack.pods["gateway-0"].message_counts().get(b, 0) == 0
+    assert stack.pods["gateway-1"].message_counts().get(a, 0) == 0
+
+
+async def _is(coro, expected) -> bool:
+    return (await coro) == expected
+
+
+async def test_2_the_dashboard_renders_the_owners_data(stack):
+    gid = guilds_by_owner(stack)["gateway-1"][0]
+    async with stack.http.get(f"{stack.proxy.url}/guild/{gid}/dashboard") as r:
+        page = await r.text()
+        assert r.status == 200 and r.headers["X-Modbot-Pod"] == "gateway-1"
+    assert "gateway-1" in page and "100 messages" in page and "<svg" in page
+
+
+async def test_3_a_signed_setup_webhook_updates_the_owners_settings(stack):
+    guild = stack.world.guilds[guilds_by_owner(stack)["gateway-0"][1]]
+    role = next(r for r in guild.roles if r != guild.id)
+    reply = await stack.interact(
+        guild.id,
+        "setup",
+        options={"moderator_role": ["role", role], "mod_log": ["channel", list(guild.channels)[1]]},
+    )
+    assert reply["status"] == 200 and reply["elapsed_ms"] < 3000
+    assert json.loads(reply["body"])["type"] == 4
+    settings = stack.pods["gateway-0"].rows(
+        "SELECT settings FROM guilds WHERE guild_id = ?", (guild.id,)
+    )
+    assert json.loads(settings[0][0])["moderator_role"] == str(role)
+
+
+async def test_4_a_guild_moves_while_messages_flow_and_nothing_is_lost(stack):
+    gid = guilds_by_owner(stack)["gateway-0"][0]
+    before = await stored(stack, "gateway-0", gid)
+    stop = asyncio.Event()
+    sent: list[int] = []
+
+    async def stream() -> None:
+        while not stop.is_set():
+            sent.append(await send(stack, [gid], 10))
+            await asyncio.sleep(0.01)
+
+    streamer = asyncio.create_task(stream())
+    await asyncio.sleep(0.3)
+    migration = await stack.migrate(gid, "gateway-1")
+    done = await stack.wait_migration(migration["id"])
+    await asyncio.sleep(0.3)
+    stop.set()
+    await streamer
+    assert done["state"] == "done"
+    total = before + sum(sent)
+    await eventually(lambda: _is(stored(stack, "gateway-1", gid), total), timeout=20)
+    assert await stored(stack, "gateway-0", gid) == 0
+
+
+async def test_5_a_new_pod_gets_the_plan_that_fills_it(stack):
+    everyone = list(stack.world.guilds)
+    await send(stack, everyone, 20)  # every guild has data and a rate now
+    await eventually(lambda: _is(_guilds_stored(stack), len(everyone)), timeout=20, interval=0.2)
+    pod = pod_process(
+        "gateway-2",
+        stack.config.url,
+        stack.sim,
+        stack.tmp,
+        redis_url=REDIS_URL,
+        redis_prefix=stack.redis_prefix,
+    )
+    stack.pods["gateway-2"] = pod
+    pod.start()
+    await stack.wait_ready("gateway-2")
+
+    async def proposal():
+        async with stack.http.get(f"{stack.config.url}/v1/plans", headers=A) as r:
+            plans = [p for p in (await r.json())["plans"] if p["actor"] == "balancer"]
+        waiting = [p for p in plans if p["state"] == "proposed"]
+        return waiting[0] if waiting else None
+
+    plan = await eventually(proposal, timeout=30, interval=0.2)
+    moves = plan["plan"]["moves"]
+    assert "gateway-2" in {m["to"] for m in moves} and "joined empty" in plan["plan"]["reason"]
+    assert plan["plan"]["after"]["gateway-2"] >= 0.5 * plan["plan"]["fair"]["gateway-2"]
+    assert plan["plan"]["peak_to_mean_after"] < plan["plan"]["peak_to_mean_before"]
+
+    env = {"MODBOT_CONFIG_URL": stack.config.url, "MODBOT_ADMIN_TOKEN": ADMIN}
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(pod.args[0])),
+        "apply",
+        plan["id"],
+        "--yes",
+        env={**pod.env, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode == 0, out.decode()
+    await stack.converge()
+    verify = await stack.verify()
+    assert verify["clean"], verify
+
+    # load evens out: the new pod owns guilds and stores their messages
+    by_owner = guilds_by_owner(stack)
+    assert by_owner.get("gateway-2")
+    target = by_owner["gateway-2"][0]
+    await send(stack, [target], 30)
+    await eventually(
+        lambda: _is(stored(stack, "gateway-2", target), _expected(stack, target)), timeout=20
+    )
+
+
+def _expected(stack, gid: int):
+    # everything ever sent to the guild now lives on its new owner
+    return sum(stack.pods[p].message_counts().get(gid, 0) for p in stack.pods if stack.pods[p].proc)
+
+
+async def test_6_a_lost_volume_is_restored_from_its_replica(stack):
+    pod = stack.pods["gateway-1"]
+    ls = Litestream(pod.database, stack.tmp / "replica-gateway-1", stack.tmp)
+    ls.replicate()
+    try:
+        gids = guilds_by_owner(stack)["gateway-1"]
+        await send(stack, gids, 20)
+        await stack.flush_pods()
+        await eventually(lambda: _settled(stack, pod), timeout=20)
+        expected = sum(pod.message_counts().values())
+        await asyncio.to_thread(
+            ls.replicated, "SELECT count(*) FROM message_stats", expected, stack.tmp
+        )
+        before = pod.message_counts()
+
+        pod.kill()  # the pod dies and its volume is lost
+        ls.stop(kill=True)
+        for suffix in ("", "-wal", "-shm"):
+            Path(pod.database + suffix).unlink(missing_ok=True)
+
+        restored = ls.restore()  # what the init container runs on an empty volume
+        assert restored.returncode == 0, restored.stderr
+        pod.start()
+        await stack.wait_ready("gateway-1")
+        assert pod.message_counts() == before
+        gid = gids[0]
+        async with stack.http.get(f"{stack.proxy.url}/guild/{gid}/dashboard") as r:
+            assert r.status == 200 and f"{before[gid]} messages" in await r.text()
+    finally:
+        ls.stop()
+
+
+async def _settled(stack, pod) -> bool:
+    first = sum(pod.message_counts().values())
+    await asyncio.sleep(0.3)
+    await stack.flush_pods()
+    return first == sum(pod.message_counts().values())
+
+
+async def _guilds_stored(stack) -> int:
+    await stack.flush_pods()
+    return len({g for p in stack.pods.values() if p.proc for g in p.message_counts()})
