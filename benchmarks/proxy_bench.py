@@ -18,6 +18,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,35 +44,53 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def nginx_conf(tmp: Path, backends: list[int], proxy_port: int, workers: int) -> Path:
-    servers = "\n".join(
-        f"server {{ listen 127.0.0.1:{p}; access_log off; location / {{ default_type application/json; return 200 '{{\"ok\":true}}'; }} }}"
-        for p in backends
-    )
-    upstream = "\n".join(f"server 127.0.0.1:{p};" for p in backends)
-    conf = tmp / "nginx.conf"
+def nginx_conf(tmp: Path, name: str, workers: int, servers: str, upstream: str = "") -> Path:
+    """One nginx instance: the backends and the proxying nginx run as separate instances,
+    so the nginx proxy's workers do only proxying, like ours."""
+    root = tmp / name
+    root.mkdir()
+    conf = root / "nginx.conf"
     conf.write_text(
         f"""
 worker_processes {workers};
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log warn;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{
   access_log off;
-  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fcgi;
-  uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+  client_body_temp_path {root}/body; proxy_temp_path {root}/proxy; fastcgi_temp_path {root}/fcgi;
+  uwsgi_temp_path {root}/uwsgi; scgi_temp_path {root}/scgi;
+  {upstream}
   {servers}
-  upstream pods {{ hash $guild consistent; {upstream} keepalive 128; }}
-  server {{
-    listen 127.0.0.1:{proxy_port};
-    location ~ ^/api/guilds/(?<guild>[0-9]+)/ {{
-      proxy_pass http://pods; proxy_http_version 1.1; proxy_set_header Connection "";
-    }}
-  }}
 }}
 """
     )
     return conf
+
+
+def backend_conf(tmp: Path, backends: list[int]) -> Path:
+    servers = "\n".join(
+        f"server {{ listen 127.0.0.1:{p}; access_log off; location / {{ default_type application/json; return 200 '{{\"ok\":true}}'; }} }}"
+        for p in backends
+    )
+    return nginx_conf(tmp, "backends", 1, servers)
+
+
+def hash_proxy_conf(tmp: Path, backends: list[int], port: int, workers: int) -> Path:
+    upstream = " ".join(f"server 127.0.0.1:{p};" for p in backends)
+    server = f"""server {{
+    listen 127.0.0.1:{port};
+    location ~ ^/api/guilds/(?<guild>[0-9]+)/ {{
+      proxy_pass http://pods; proxy_http_version 1.1; proxy_set_header Connection "";
+    }}
+  }}"""
+    return nginx_conf(
+        tmp,
+        "hash-proxy",
+        workers,
+        server,
+        f"upstream pods {{ hash $guild consistent; {upstream} keepalive 128; }}",
+    )
 
 
 def wrk(url: str, duration: int, connections: int, script: Path) -> dict[str, float]:
@@ -146,6 +165,7 @@ def main() -> None:
         help="nginx worker processes (default 1: one core, like the proxy)",
     )
     parser.add_argument("--proxy-workers", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -161,7 +181,10 @@ def main() -> None:
     script.write_text(WRK_SCRIPT)
     backends = [free_port() for _ in range(3)]
     nginx_port, config_port = free_port(), free_port()
-    conf = nginx_conf(tmp, backends, nginx_port, args.nginx_workers)
+    confs = [
+        backend_conf(tmp, backends),
+        hash_proxy_conf(tmp, backends, nginx_port, args.nginx_workers),
+    ]
     procs: list[subprocess.Popen[bytes]] = []
     env = {
         **os.environ,
@@ -171,7 +194,8 @@ def main() -> None:
     }
     cli = str(Path(sys.executable).parent / "modbot-ring")
     try:
-        procs.append(subprocess.Popen([nginx, "-c", str(conf), "-g", "daemon off;"]))
+        for conf in confs:
+            procs.append(subprocess.Popen([nginx, "-c", str(conf), "-g", "daemon off;"]))
         wait_http(f"http://127.0.0.1:{backends[0]}/")
         procs.append(
             subprocess.Popen(
@@ -226,19 +250,29 @@ def main() -> None:
         wait_http(f"http://127.0.0.1:{proxy_port}/readyz")
         wrk(f"http://127.0.0.1:{proxy_port}", 2, args.connections, script)  # warm up pools
         wrk(f"http://127.0.0.1:{nginx_port}", 2, args.connections, script)
-        rows = {
-            "direct (one backend)": wrk(
-                f"http://127.0.0.1:{backends[0]}", args.duration, args.connections, script
-            ),
-            f"nginx hash $guild consistent ({args.nginx_workers} worker)": wrk(
-                f"http://127.0.0.1:{nginx_port}", args.duration, args.connections, script
-            ),
+        targets = {
+            "direct (one backend)": f"http://127.0.0.1:{backends[0]}",
+            f"nginx hash $guild consistent ({args.nginx_workers} worker)": f"http://127.0.0.1:{nginx_port}",
+            f"modbot-ring proxy ({args.proxy_workers} process)": f"http://127.0.0.1:{proxy_port}",
         }
-        spy = None
+        # rounds interleave the targets, and each figure is the median over rounds:
+        # this VM's speed drifts, so a baseline measured minutes apart would mislead
+        runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+        for _ in range(args.rounds):
+            for name, url in targets.items():
+                runs[name].append(wrk(url, args.duration, args.connections, script))
+        rows = {
+            name: {
+                key: statistics.median(r[key] for r in results)
+                for key in ("rps", "p50", "p99", "non2xx")
+            }
+            for name, results in runs.items()
+        }
+        rows_all = runs
         if args.profile:
             spy = subprocess.Popen(
                 [
-                    "py-spy",
+                    shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy"),
                     "record",
                     "--format",
                     "raw",
@@ -253,10 +287,7 @@ def main() -> None:
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
-        rows[f"modbot-ring proxy ({args.proxy_workers} process)"] = wrk(
-            f"http://127.0.0.1:{proxy_port}", args.duration, args.connections, script
-        )
-        if spy is not None:
+            wrk(f"http://127.0.0.1:{proxy_port}", args.duration, args.connections, script)
             spy.wait(30)
             print_profile(tmp / "profile.txt")
     finally:
@@ -270,8 +301,10 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     nginx_row = rows[next(k for k in rows if k.startswith("nginx"))]
     print(
-        f"# proxy_bench: wrk -t1 -c{args.connections} -d{args.duration}s, random guild ids, 3 instant backends, Python {platform.python_version()}"
+        f"# proxy_bench: wrk -t1 -c{args.connections} -d{args.duration}s x {args.rounds} interleaved rounds (medians), random guild ids, 3 instant backends (their own nginx), Python {platform.python_version()}"
     )
+    for name, results in rows_all.items():
+        print(f"  rounds, {name}: " + ", ".join(f"{r['rps']:.0f}" for r in results) + " req/s")
     print(
         f"  {'target':<46} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} {'vs nginx':>9}"
     )

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +17,7 @@ from prometheus_client import CollectorRegistry
 from config_store.client.observability import add_health_routes, setup_logging
 from config_store.client.table_client import RoutingTableClient
 
+from .fastpath import FrontServer
 from .proxy import ProxySettings, RouterProxy, build_proxy_app
 
 log = logging.getLogger("modbot.proxy")
@@ -24,11 +28,15 @@ class RunningProxy:
     proxy: RouterProxy
     tables: RoutingTableClient
     runner: web.AppRunner
+    front: FrontServer
     url: str
+    socket_dir: str
 
     async def stop(self) -> None:
+        await self.front.stop()
         await self.runner.cleanup()
         await self.tables.stop()
+        shutil.rmtree(self.socket_dir, ignore_errors=True)
 
 
 def make_app(
@@ -68,13 +76,18 @@ async def start_proxy(
     )
     await tables.start(wait=False)
     app, proxy = make_app(settings, tables)
+    # the aiohttp app serves everything but the API path, behind the front door, on a
+    # Unix socket only this process knows
+    socket_dir = tempfile.mkdtemp(prefix="modbot-proxy-")
+    app_socket = os.path.join(socket_dir, "app.sock")
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port, reuse_port=True).start()
-    bound = runner.addresses[0][1]
+    await web.UnixSite(runner, app_socket).start()
+    front = FrontServer(proxy, app_socket)
+    bound = await front.start(host, port)
     if wait_for_table:
         await tables.wait_for_version(0, 30)
-    return RunningProxy(proxy, tables, runner, f"http://{host}:{bound}")
+    return RunningProxy(proxy, tables, runner, front, f"http://{host}:{bound}", socket_dir)
 
 
 async def serve(args: argparse.Namespace) -> None:

@@ -1,0 +1,161 @@
+"""The proxy's API fast path at the byte level: framing, pipelining, keep-alive reuse,
+a pod restarting under a pooled connection, and malformed input."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import pytest
+from aiohttp import web
+from conftest import ADMIN, READ, free_port, running_config
+
+from router_proxy.proxy import ProxySettings
+from router_proxy.server import start_proxy
+
+A = {"Authorization": f"Bearer {ADMIN}"}
+
+
+class EchoPod:
+    """A pod stand-in that echoes what it received, on a port it can give up and retake."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        async def echo(request: web.Request) -> web.StreamResponse:
+            body = await request.read()
+            if request.path.endswith("/big"):
+                resp = web.StreamResponse()
+                await resp.prepare(request)
+                for i in range(64):
+                    await resp.write(bytes([65 + i % 26]) * 16384)
+                await resp.write_eof()
+                return resp
+            return web.json_response(
+                {
+                    "path": request.path_qs,
+                    "method": request.method,
+                    "body": body.decode(),
+                    "te": request.headers.get("Transfer-Encoding", ""),
+                    "auth": request.headers.get("Authorization", ""),
+                }
+            )
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", echo)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+@pytest.fixture
+async def proxied(tmp_path):
+    async with running_config(f"sqlite:///{tmp_path}/c.db", shard_count=None) as config:
+        pod = EchoPod()
+        await pod.start()
+        async with (
+            aiohttp.ClientSession() as http,
+            http.put(
+                f"{config.url}/v1/pods/echo",
+                json={"url": f"http://127.0.0.1:{pod.port}"},
+                headers=A,
+            ) as r,
+        ):
+            assert r.status == 200
+        proxy = await start_proxy(
+            ProxySettings(internal_token="inside"), config_url=config.url, read_token=READ
+        )
+        try:
+            yield proxy, pod
+        finally:
+            await proxy.stop()
+            await pod.stop()
+
+
+async def raw(url: str, payload: bytes, *, until: int = 1) -> bytes:
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(payload)
+    data = b""
+    try:
+        while data.count(b"HTTP/1.1 ") < until or not data.endswith((b"}", b"\r\n\r\n")):
+            chunk = await asyncio.wait_for(reader.read(65536), 5)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        writer.close()
+    return data
+
+
+async def test_a_chunked_request_body_arrives_whole_and_reframed(proxied):
+    proxy, _ = proxied
+
+    async def body():
+        for part in (b"alpha-", b"beta-", b"gamma"):
+            yield part
+
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(f"{proxy.url}/api/guilds/42/echo?x=1", data=body()) as r,
+    ):
+        seen = await r.json()
+    assert r.status == 200 and r.headers["X-Modbot-Pod"] == "echo"
+    assert seen["body"] == "alpha-beta-gamma" and seen["te"] == "chunked"
+    assert seen["path"] == "/api/guilds/42/echo?x=1" and seen["auth"] == "Bearer inside"
+
+
+async def test_a_large_streamed_response_is_relayed_intact(proxied):
+    proxy, _ = proxied
+    async with aiohttp.ClientSession() as http, http.get(f"{proxy.url}/api/guilds/42/big") as r:
+        data = await r.read()
+    assert r.status == 200 and len(data) == 64 * 16384
+    assert data[:16384] == b"A" * 16384 and data[-16384:] == bytes([65 + 63 % 26]) * 16384
+
+
+async def test_pipelined_requests_are_answered_in_order(proxied):
+    proxy, _ = proxied
+    requests = b"".join(b"GET /api/guilds/42/n%d HTTP/1.1\r\nHost: x\r\n\r\n" % i for i in range(5))
+    data = await raw(proxy.url, requests, until=5)
+    order = [int(p.split(b"/n")[1].split(b'"')[0]) for p in data.split(b'"path": "')[1:]]
+    assert order == [0, 1, 2, 3, 4]
+
+
+async def test_connection_close_is_honoured(proxied):
+    proxy, _ = proxied
+    data = await raw(
+        proxy.url, b"GET /api/guilds/42/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    head = data.split(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 200") and b"connection: close" in head
+
+
+async def test_bad_input_gets_a_json_400(proxied):
+    proxy, _ = proxied
+    data = await raw(proxy.url, b"NOT HTTP AT ALL\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 400") and b'"error"' in data
+    async with aiohttp.ClientSession() as http, http.get(f"{proxy.url}/api/guilds/12ab/x") as r:
+        assert r.status == 400 and "error" in await r.json()
+
+
+async def test_a_pod_restarting_under_a_pooled_connection_is_retried_transparently(proxied):
+    proxy, pod = proxied
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{proxy.url}/api/guilds/42/a") as r:
+            assert r.status == 200  # the proxy now holds a pooled connection to the pod
+        await pod.stop()
+        await pod.start()  # same port: the pooled connection is dead, the pod is not
+        async with http.get(f"{proxy.url}/api/guilds/42/b") as r:
+            assert r.status == 200 and json.loads(await r.text())["path"] == "/api/guilds/42/b"
+        await pod.stop()
+        async with http.get(f"{proxy.url}/api/guilds/42/c") as r:
+            assert r.status == 503 and r.headers["Retry-After"] and "error" in await r.json()
+            assert r.headers["X-Modbot-Pod"] == "echo"
+        await pod.start()
