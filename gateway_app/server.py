@@ -246,13 +246,21 @@ class Pod:
         }
 
     async def _measure_sizes(self) -> None:
-        """Approximate bytes per guild: a scan, so every minute rather than per heartbeat."""
+        """Approximate bytes per guild: a scan, so once a minute rather than per heartbeat,
+        or sooner (at most every 5 s) when a guild rose into the reported top unmeasured."""
+        last = -60.0
         while True:
+            await asyncio.sleep(5.0)
+            now = time.monotonic()
+            top = sorted(self.load.rates().items(), key=lambda kv: -kv[1])[:TOP_GUILDS]
+            unmeasured = any(g not in self.guild_bytes for g, _ in top)
+            if now - last < 60.0 and not unmeasured:
+                continue
+            last = now
             try:
                 self.guild_bytes = await self.store.guild_sizes()
             except Exception as exc:  # a busy or closing database: try again next time
                 log.debug("guild sizes not measured: %s", exc)
-            await asyncio.sleep(60.0)
 
     async def _heartbeats(self) -> None:
         while True:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
+import signal
+import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,4 +117,38 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, "proxy")
     from config_store.runtime import run_forever
 
-    return run_forever(serve(args))
+    if args.workers < 1:
+        print("modbot-ring: --workers must be >= 1", file=sys.stderr)
+        return 2
+    if args.workers == 1:
+        return run_forever(serve(args))
+    return prefork(args.workers, lambda: run_forever(serve(args)))
+
+
+def prefork(workers: int, child: Callable[[], int]) -> int:
+    """Fork ``workers`` processes before any event loop exists; each binds the port with
+    SO_REUSEPORT and the kernel spreads connections. Signals are passed on; the parent
+    returns when every worker has exited (with the worst exit code)."""
+    pids: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child never returns
+            code = 1
+            try:
+                code = child()
+            finally:
+                os._exit(code)
+        pids.append(pid)
+
+    def forward(signum: int, _frame: Any) -> None:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    worst = 0
+    for pid in pids:
+        _, status = os.waitpid(pid, 0)
+        worst = max(worst, abs(os.waitstatus_to_exitcode(status)))
+    return worst

@@ -7,6 +7,13 @@ from config_store.client.flags import Flag
 SERVE_FLAGS = [
     Flag("host", "MODBOT_PROXY_HOST", "127.0.0.1", "address to listen on"),
     Flag("port", "MODBOT_PROXY_PORT", 8080, "port to listen on", int),
+    Flag(
+        "workers",
+        "MODBOT_PROXY_WORKERS",
+        1,
+        "processes sharing the port (SO_REUSEPORT); on Kubernetes keep 1 and let the HPA add pods",
+        int,
+    ),
     Flag("config-url", "MODBOT_CONFIG_URL", "http://127.0.0.1:8700", "config service base URL"),
     Flag(
         "redis-url",

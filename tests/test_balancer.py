@@ -248,3 +248,15 @@ def test_detector_holds_down_and_has_hysteresis():
     assert not det.observe(1.2, 32)  # below the threshold: does not start a period
     with pytest.raises(ValueError):
         BalancePolicy(threshold=1.1, clear=1.2)
+
+
+@pytest.mark.parametrize("cluster", [("auto", {"move_budget_per_hour": 2})], indirect=True)
+async def test_auto_mode_stays_within_the_move_budget(cluster):
+    svc, sim = cluster
+    sim.heat(hot_shards(sim, "gateway-0", 6), 4.0)
+    await eventually(lambda: _plans_done(svc.url, 1), timeout=HOLD + 10, interval=0.1)
+    plan = (await balancer_plans(svc.url))[0]["plan"]
+    assert len(plan["moves"]) == 2 and any("move limit" in u for u in plan["unfixable"])
+    await asyncio.sleep(HOLD + 1)  # still skewed, but the hour's budget is spent
+    assert len(await balancer_plans(svc.url)) == 1
+    assert (await get(svc.url, "/v1/balance"))["skew"] > 1.25

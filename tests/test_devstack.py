@@ -1,6 +1,7 @@
 """The README's first command: `modbot-ring dev up` serves a working dashboard link and stops cleanly."""
 
 import asyncio
+import os
 import re
 import signal
 import socket
@@ -9,6 +10,10 @@ import time
 from pathlib import Path
 
 import aiohttp
+import psycopg
+import pytest
+import redis
+from conftest import PG_URL, REDIS_URL
 
 CLI = str(Path(sys.executable).parent / "modbot-ring")
 
@@ -34,9 +39,17 @@ def free_block(n: int) -> int:
     raise RuntimeError("no free port block")
 
 
-async def test_dev_up_serves_a_dashboard_within_30_seconds_and_stops_on_ctrl_c(tmp_path):
+@pytest.mark.parametrize("backing", ["embedded", "postgres+redis"])
+async def test_dev_up_serves_a_dashboard_within_30_seconds_and_stops_on_ctrl_c(
+    tmp_path, backing, pg_schema, redis_prefix
+):
     started = time.monotonic()
     base = free_block(6)
+    extra: list[str] = []
+    env = dict(os.environ)
+    if backing != "embedded":  # real ones, isolated in a schema and a key prefix of the test's own
+        extra = ["--postgres", PG_URL, "--redis", REDIS_URL]
+        env |= {"MODBOT_DB_SCHEMA": pg_schema, "MODBOT_REDIS_PREFIX": redis_prefix}
     proc = await asyncio.create_subprocess_exec(
         CLI,
         "dev",
@@ -47,6 +60,8 @@ async def test_dev_up_serves_a_dashboard_within_30_seconds_and_stops_on_ctrl_c(t
         str(base),
         "--trickle",
         "0.2",
+        *extra,
+        env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
@@ -66,6 +81,12 @@ async def test_dev_up_serves_a_dashboard_within_30_seconds_and_stops_on_ctrl_c(t
                 assert time.monotonic() - started < 30, html[:500]
                 await asyncio.sleep(0.3)
         assert "<svg" in html and "served by <b>gateway-" in html
+        if backing != "embedded":
+            with psycopg.connect(PG_URL) as conn:
+                pods = conn.execute(f'SELECT count(*) FROM "{pg_schema}".pods').fetchone()[0]
+            assert pods == 3  # the table lives in PostgreSQL
+            keys = redis.Redis.from_url(REDIS_URL).keys(f"{redis_prefix}:*")
+            assert keys  # and is cached in Redis
     finally:
         proc.send_signal(signal.SIGINT)
         assert await asyncio.wait_for(proc.wait(), 20) == 0

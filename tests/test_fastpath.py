@@ -159,3 +159,22 @@ async def test_a_pod_restarting_under_a_pooled_connection_is_retried_transparent
             assert r.status == 503 and r.headers["Retry-After"] and "error" in await r.json()
             assert r.headers["X-Modbot-Pod"] == "echo"
         await pod.start()
+
+
+async def test_fast_path_requests_are_counted_by_route_pod_and_status(proxied):
+    proxy, pod = proxied
+    async with aiohttp.ClientSession() as http:
+        for _ in range(3):
+            async with http.get(f"{proxy.url}/api/guilds/42/m") as r:
+                assert r.status == 200
+        await pod.stop()
+        async with http.get(f"{proxy.url}/api/guilds/42/m") as r:
+            assert r.status == 503
+        async with http.get(f"{proxy.url}/metrics") as r:
+            text = await r.text()
+        await pod.start()
+    route = 'route="/api/guilds/{guild_id}/{tail}"'
+    assert f'modbot_proxy_requests_total{{pod="echo",{route},status="200"}} 3.0' in text
+    assert f'modbot_proxy_requests_total{{pod="echo",{route},status="503"}} 1.0' in text
+    assert 'modbot_proxy_upstream_errors_total{kind="connect",pod="echo"}' in text
+    assert "modbot_proxy_request_seconds_bucket" in text

@@ -181,6 +181,14 @@ async def test_5_a_new_pod_gets_the_plan_that_fills_it(stack):
     verify = await stack.verify()
     assert verify["clean"], verify
 
+    # the pods' load reports: heaviest guilds with their bytes, the rest per shard
+    async with stack.http.get(f"{stack.config.url}/v1/pods", headers=A) as r:
+        reports = {p["name"]: p["load"] for p in (await r.json())["pods"]}
+    busy = reports["gateway-1"]
+    assert busy["events_per_s"] > 0 and busy["guilds"] and busy["db_bytes"] > 0
+    assert set(busy["bytes"]) == set(busy["guilds"]) and isinstance(busy["shards"], dict)
+    assert any(size > 0 for size in busy["bytes"].values())
+
     # load evens out: the new pod owns guilds and stores their messages
     by_owner = guilds_by_owner(stack)
     assert by_owner.get("gateway-2")

@@ -54,6 +54,8 @@ async def test_serve_config_sim_and_proxy_from_flags(tmp_path):
             f"http://127.0.0.1:{config_port}",
             "--discord-public-key",
             "00" * 32,
+            "--workers",
+            "2",
             env=env,
         ),
     ]
@@ -65,6 +67,9 @@ async def test_serve_config_sim_and_proxy_from_flags(tmp_path):
             assert info["guilds"] == 3 and len(info["public_key"]) == 64
             ready = await wait_ok(http, f"http://127.0.0.1:{proxy_port}/readyz")
             assert ready["config_service"] == "ok"
+            proxy = procs[2].pid
+            children = Path(f"/proc/{proxy}/task/{proxy}/children").read_text().split()
+            assert len(children) == 2  # two workers share the port
     finally:
         for proc in procs:
             proc.terminate()
