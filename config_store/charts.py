@@ -86,7 +86,8 @@ def skew_line(
             'stroke-dasharray="4,3"/>'
         )
         body.append(f'<text x="{width - pad + 2}" y="{y}">{label} {level:g}</text>')
-    body.append(f'<text x="{pad}" y="{height - 8}">{span / 60:.0f} min ago</text>')
+    ago = f"{span:.0f} s ago" if span < 120 else f"{span / 60:.0f} min ago"
+    body.append(f'<text x="{pad}" y="{height - 8}">{ago}</text>')
     body.append(f'<text x="{width - pad - 20}" y="{height - 8}">now</text>')
     body.append(f'<text x="4" y="14">peak/mean, last {history[-1][1]:.2f}</text>')
     return _svg(width + 80, height, body, "imbalance ratio over time")
@@ -132,4 +133,5 @@ def before_after(plan: Mapping[str, object]) -> str:
         f'<text x="{pad + 130}" y="31">dashed: fair share</text>'
     )
     width = pad * 2 + group * max(1, len(names)) + 40
-    return _svg(max(width, 360), chart_h + pad + 70, body, title)
+    width = max(width, int(7.5 * len(title)) + 2 * pad)  # room for the title at 14px
+    return _svg(width, chart_h + pad + 60, body, title)
