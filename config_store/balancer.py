@@ -178,7 +178,7 @@ class Balancer:
             joined = []
         else:
             fire = True  # a pod joined: fill it now; joining was the operator's decision
-            self.detector.state = SkewState.FIRED
+            self.detector.fire_now()
             self._filled.update(joined)
         if busy:
             self.decision = f"plan {busy[0]['id']} is executing"

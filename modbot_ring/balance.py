@@ -179,6 +179,10 @@ class SkewDetector:
                 return True
         return False
 
+    def fire_now(self) -> None:
+        """Skip the hold-down (an operator's action, such as adding a pod, asked for it)."""
+        self.state, self.since = SkewState.FIRED, None
+
     def rearm(self, now: float) -> None:
         if self.state is SkewState.FIRED:
             self.state, self.since = SkewState.SKEWED, now

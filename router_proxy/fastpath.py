@@ -200,6 +200,8 @@ class Exchange:
         "key",
         "method",
         "pod",
+        "problem",
+        "refusal",
         "retried",
         "route",
         "sent",
@@ -222,6 +224,8 @@ class Exchange:
         self.chunked_in = False
         self.upstream_status = 0
         self.pod = ""  # empty: the aiohttp path (no metrics here, the app counts it)
+        self.problem: Unavailable | None = None
+        self.refusal: str | None = None
         self.route: Route | None = None
         self.sent = False
         self.retried = False
@@ -613,17 +617,13 @@ class FrontServer:
             exchange.pod = route.pod
             base = self.proxy._target(table, route)
         except InvalidGuildId as exc:
-            exchange.key = "error"
-            exchange.head = json.dumps({"error": str(exc)}).encode()
-            exchange.status = 400
+            exchange.refusal = str(exc)
             return
         except NoRouteError as exc:
-            exchange.key = "unavailable"
-            exchange.head = json.dumps({"error": str(exc), "retry_after": 5}).encode()
+            exchange.problem = Unavailable(str(exc), 5)
             return
         except Unavailable as exc:
-            exchange.key = "unavailable"
-            exchange.head = json.dumps({"error": exc.why, "retry_after": exc.retry_after}).encode()
+            exchange.problem = exc
             return
         address = self._addresses.get(base)
         if address is None:
@@ -646,20 +646,18 @@ class FrontServer:
         )
 
     def dispatch(self, exchange: Exchange, fresh: bool = False) -> None:
-        if exchange.key == "error":
-            body = exchange.head
+        if exchange.refusal is not None:  # bad input: 400, never routed
+            body = json.dumps({"error": exchange.refusal}).encode()
             exchange.client.write(
                 b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json; charset=utf-8\r\n"
                 b"Content-Length: %d\r\n%s\r\n%s"
                 % (len(body), b"" if exchange.keep_alive else b"Connection: close\r\n", body)
             )
-            exchange.pod = ""  # not routed: counted below under pod "-"
             self.count("-", 400, time.perf_counter() - exchange.started)
             exchange.finish()
             return
-        if exchange.key == "unavailable":
-            data = json.loads(exchange.head)
-            exchange.fail(Unavailable(data["error"], int(data["retry_after"])))
+        if exchange.problem is not None:  # routed, but the owner cannot be reached now
+            exchange.fail(exchange.problem)
             return
         if exchange.timer is None and exchange.pod:
             exchange.timer = self.loop.call_later(self.timeout, exchange.timeout)
