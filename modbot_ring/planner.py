@@ -190,10 +190,18 @@ def plan_rebalance(
         if need <= 0:
             continue
         pool = sorted(units[pod], key=lambda u: (u[2], u[0], u[1]))
+        # shedding may overshoot the ceiling, but not down through the floor while a
+        # smaller unit can still make progress (else the fill step would undo it)
+        slack = load[pod] - floor[pod] if pod in floor else math.inf
         while need > 1e-12 and pool:
             covering = next((u for u in pool if u[2] >= need), None)
-            unit = covering if covering is not None else pool[-1]
+            below = [u for u in pool if u[2] < need]
+            if covering is not None and (covering[2] <= slack + 1e-12 or not below):
+                unit = covering
+            else:
+                unit = below[-1] if below else pool[-1]
             pool.remove(unit)
+            slack -= unit[2]
             units[pod].remove(unit)
             if unit[2] <= 0:
                 continue
@@ -238,6 +246,10 @@ def plan_rebalance(
     _fill(active, units, after, fair, floor, ceiling, moves, budget)
 
     for p in active:
+        if after[p] < floor[p] - 1e-9:
+            unfixable.append(
+                f"{p} stays at {after[p] / fair[p]:.2f}x its fair share: no movable unit fits it"
+            )
         if heaviest[p] > ceiling[p]:
             unfixable.append(
                 f"a guild on {p} alone exceeds a pod's ceiling ({ceiling[p]:g}): pin it to a dedicated pod"

@@ -39,7 +39,8 @@ def test_plans_reach_the_ceiling_when_feasible_and_are_deterministic(old, new, g
         )
     if not plan.unfixable:
         assert plan.peak_to_mean <= 1.05 + 1e-9
-    assert plan.moved_load >= plan.lower_bound - 1e-9
+    if not plan.unfixable:  # a complete plan moves at least the lower bound
+        assert plan.moved_load >= plan.lower_bound - 1e-9
 
 
 def test_hard_pins_never_move_soft_pins_may():
