@@ -310,7 +310,7 @@ def main() -> None:
     )
     for name, r in rows.items():
         print(
-            f"  {name:<46} {r['rps']:>10.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['non2xx']:>8d} {r['rps'] / nginx_row['rps']:>8.2f}x"
+            f"  {name:<46} {r['rps']:>10.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {int(r['non2xx']):>8d} {r['rps'] / nginx_row['rps']:>8.2f}x"
         )
     proxy_row = rows[next(k for k in rows if k.startswith("modbot"))]
     print(

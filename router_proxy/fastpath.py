@@ -194,6 +194,7 @@ class Exchange:
         "chunked_out",
         "client",
         "conn",
+        "deadline",
         "has_body",
         "head",
         "keep_alive",
@@ -207,7 +208,6 @@ class Exchange:
         "sent",
         "started",
         "status",
-        "timer",
         "upstream_status",
     )
 
@@ -232,7 +232,7 @@ class Exchange:
         self.status = 0
         self.chunked_out = False
         self.started = time.perf_counter()
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadline = 0.0  # monotonic; 0: no deadline (the aiohttp path keeps its own)
 
     # -- request side -------------------------------------------------------------------------
 
@@ -324,7 +324,6 @@ class Exchange:
         return not self.has_body
 
     def timeout(self) -> None:
-        self.timer = None
         if self.conn is not None:
             conn, self.conn = self.conn, None
             conn.exchange = None
@@ -358,9 +357,9 @@ class Exchange:
         self.finish()
 
     def finish(self, status: int | None = None) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        if self.deadline:
+            self.deadline = 0.0
+            self.client.front.inflight.discard(self)
         front = self.client.front
         if self.pod:
             answered = self.upstream_status
@@ -403,8 +402,9 @@ class Front(asyncio.Protocol):
         if exchange is not None and exchange.conn is not None:
             exchange.conn.exchange = None
             exchange.conn.close()
-        if exchange is not None and exchange.timer is not None:
-            exchange.timer.cancel()
+        if exchange is not None and exchange.deadline:
+            exchange.deadline = 0.0
+            self.front.inflight.discard(exchange)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -508,6 +508,8 @@ class FrontServer:
         self.app_socket = app_socket
         self.pool = Pool()
         self.clients: set[Front] = set()
+        self.inflight: set[Exchange] = set()
+        self._sweeper: asyncio.Task[None] | None = None
         self.server: asyncio.AbstractServer | None = None
         self.loop = asyncio.get_event_loop()
         self.token = proxy.settings.internal_token.encode()
@@ -522,9 +524,23 @@ class FrontServer:
         self.server = await self.loop.create_server(
             lambda: Front(self), host, port, reuse_port=True, backlog=4096
         )
+        self._sweeper = self.loop.create_task(self._sweep())
         return int(self.server.sockets[0].getsockname()[1])
 
+    async def _sweep(self) -> None:
+        """Upstream deadlines, checked four times a second: cheaper than a timer handle
+        armed and cancelled on every request, and as precise as a 10 s timeout needs."""
+        while True:
+            await asyncio.sleep(0.25)
+            now = time.monotonic()
+            for exchange in [e for e in self.inflight if e.deadline and e.deadline <= now]:
+                self.inflight.discard(exchange)
+                exchange.deadline = 0.0
+                exchange.timeout()
+
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self.server is not None:
             self.server.close()
         for client in list(self.clients):
@@ -659,8 +675,9 @@ class FrontServer:
         if exchange.problem is not None:  # routed, but the owner cannot be reached now
             exchange.fail(exchange.problem)
             return
-        if exchange.timer is None and exchange.pod:
-            exchange.timer = self.loop.call_later(self.timeout, exchange.timeout)
+        if not exchange.deadline and exchange.pod:
+            exchange.deadline = time.monotonic() + self.timeout
+            self.inflight.add(exchange)
         conn = None if fresh else self.pool.take(exchange.key)
         if conn is not None:
             exchange.attach(conn)

@@ -27,6 +27,8 @@ class EchoPod:
     async def start(self) -> None:
         async def echo(request: web.Request) -> web.StreamResponse:
             body = await request.read()
+            if request.path.endswith("/slow"):
+                await asyncio.sleep(3)
             if request.path.endswith("/big"):
                 resp = web.StreamResponse()
                 await resp.prepare(request)
@@ -70,7 +72,9 @@ async def proxied(tmp_path):
         ):
             assert r.status == 200
         proxy = await start_proxy(
-            ProxySettings(internal_token="inside"), config_url=config.url, read_token=READ
+            ProxySettings(internal_token="inside", upstream_timeout=1.0),
+            config_url=config.url,
+            read_token=READ,
         )
         try:
             yield proxy, pod
@@ -178,3 +182,15 @@ async def test_fast_path_requests_are_counted_by_route_pod_and_status(proxied):
     assert f'modbot_proxy_requests_total{{pod="echo",{route},status="503"}} 1.0' in text
     assert 'modbot_proxy_upstream_errors_total{kind="connect",pod="echo"}' in text
     assert "modbot_proxy_request_seconds_bucket" in text
+
+
+async def test_a_pod_that_does_not_answer_in_time_gets_a_503(proxied):
+    proxy, _ = proxied
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with aiohttp.ClientSession() as http, http.get(f"{proxy.url}/api/guilds/42/slow") as r:
+        assert r.status == 503 and "timeout" in (await r.json())["error"]
+        assert r.headers["X-Modbot-Pod"] == "echo" and r.headers["Retry-After"]
+    assert 1.0 <= loop.time() - started < 2.0  # the 1 s upstream timeout, give or take a sweep
+    async with aiohttp.ClientSession() as http, http.get(f"{proxy.url}/api/guilds/42/x") as r:
+        assert r.status == 200  # and the proxy carries on
