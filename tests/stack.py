@@ -90,7 +90,8 @@ class Stack:
                     async with self.http.get(
                         f"{pod.url}/readyz", timeout=aiohttp.ClientTimeout(total=2)
                     ) as r:
-                        if r.status == 200:
+                        # the pod itself, not another server that took its port
+                        if r.status == 200 and (await r.json()).get("pod") == name:
                             break
                 exited = pod.proc is None or pod.proc.poll() is not None
                 if time.monotonic() > deadline or exited:
