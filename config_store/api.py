@@ -326,7 +326,7 @@ async def get_status(request: web.Request) -> web.Response:
             "database": "ok" if records or not table.pods else "unreachable",
             "balance": {
                 k: v
-                for k, v in request.app[BALANCER_KEY].status().items()
+                for k, v in request.app[BALANCER_KEY].status(history=False).items()
                 if k
                 in ("mode", "decision", "imbalance", "skew", "advice", "waiting_plan", "scale_out")
             },

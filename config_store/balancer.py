@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from modbot_ring import BalancePolicy, LoadView, RoutingTable, SkewDetector, SkewState, measure
 
-from .loads import ClusterLoad, collect
+from .loads import collect
 from .migrator import Migrator
 from .publisher import TablePublisher
 from .store import Conflict, MigrationStore, PodRecord, Store, StoreError
@@ -105,7 +105,6 @@ class Balancer:
         self.history: deque[tuple[float, float, float]] = deque(maxlen=720)
         self.leader = False
         self.view: LoadView | None = None
-        self.cluster = ClusterLoad()
         self.decision = "waiting for load reports"
         self.scale_out: int | None = None
         self.waiting: dict[str, Any] | None = None
@@ -140,16 +139,17 @@ class Balancer:
             return
         table = snapshot.table
         records = await self.store.pods()
-        self.cluster = collect(records)
-        view = measure(table, self.cluster.guilds, self.cluster.shards, self.cluster.rest)
+        cluster = collect(records)
+        view = measure(table, cluster.guilds, cluster.shards, cluster.rest)
         self.view = view
         self.history.append((now, view.imbalance, view.skew))
         self.scale_out = view.scale_out(self.policy.capacity, self.policy)
         self._export(view)
         self.leader = await self.store.db.try_lead("balancer")
         self.metrics.leader.set(1 if self.leader else 0)
-        waiting = await self.migrations.plans_in_state(("proposed",), actor=ACTOR)
-        self.metrics.waiting.set(len(await self.migrations.plans_in_state(("proposed",))))
+        proposed = await self.migrations.plans_in_state(("proposed",))
+        self.metrics.waiting.set(len(proposed))
+        waiting = [p for p in proposed if p["actor"] == ACTOR]
         if not self.leader or self.settings.mode == "off":
             self.waiting = waiting[0] if waiting else None
             self.decision = "off" if self.settings.mode == "off" else "following the leader"
@@ -291,9 +291,10 @@ class Balancer:
             )
         return lines
 
-    def status(self) -> dict[str, Any]:
+    def status(self, *, history: bool = True) -> dict[str, Any]:
+        """What the balancer sees and decided; ``history`` adds the imbalance samples."""
         view = self.view
-        return {
+        summary: dict[str, Any] = {
             "mode": self.settings.mode,
             "leader": self.leader,
             "state": self.detector.state.value,
@@ -318,5 +319,9 @@ class Balancer:
             },
             "waiting_plan": None if self.waiting is None else self.waiting["id"],
             "advice": self.advice(),
-            "history": [[round(t, 1), round(i, 4), round(s, 4)] for t, i, s in self.history],
         }
+        if history:
+            summary["history"] = [
+                [round(t, 1), round(i, 4), round(s, 4)] for t, i, s in self.history
+            ]
+        return summary

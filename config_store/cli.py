@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import importlib
 import json
+import os
 import re
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -347,16 +348,24 @@ def _plan_table(plan: dict[str, Any]) -> str:
     return _table(["POD", "LOAD BEFORE", "LOAD AFTER", "FAIR SHARE", "AFTER/FAIR"], rows)
 
 
+def _check_writable(path: str) -> None:
+    """Refuse before asking for a plan, so a bad path leaves nothing half-done."""
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise CliError(f"cannot write {path}: no such writable folder or file", EXIT_USAGE)
+
+
 async def _plan(args: argparse.Namespace, api: ConfigApi) -> int:
+    for wanted in (args.output, args.svg):
+        if wanted:
+            _check_writable(wanted)
     plan = await api.post("/v1/plans", {"epsilon": args.epsilon, "max_moves": args.max_moves})
     path = args.output or f"{plan['id']}.json"
     with open(path, "w") as f:
         json.dump(plan, f, indent=2, sort_keys=True)
     if args.svg:
-        try:
-            Path(args.svg).write_text(before_after(plan))
-        except OSError as exc:
-            raise CliError(f"cannot write {args.svg}: {exc.strerror}", EXIT_USAGE) from None
+        Path(args.svg).write_text(before_after(plan))
 
     def human() -> str:
         lines = [

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import sys
 from typing import Any
 
 from aiohttp import web
@@ -190,5 +191,11 @@ def balancer_settings(args: argparse.Namespace) -> BalancerSettings:
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, "config")
     from .runtime import run_forever
+
+    try:
+        balancer_settings(args)  # refuse bad balancer flags before anything starts
+    except ValueError as exc:
+        print(f"modbot-ring: {exc}", file=sys.stderr)
+        return 2
 
     return run_forever(serve(args))

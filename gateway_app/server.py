@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
 from dataclasses import dataclass
@@ -222,13 +223,15 @@ class Pod:
         approximate SQLite bytes), then one aggregate per shard for the rest (or one
         figure, in a guild-keyed table), and the totals."""
         rates = self.load.rates()
-        ranked = sorted(rates.items(), key=lambda kv: (-kv[1], kv[0]))
-        top = [(g, r) for g, r in ranked[:TOP_GUILDS] if r > 0.0001]
+        top = [(g, r) for g, r in self._heaviest(rates) if r > 0.0001]
+        listed = {g for g, _ in top}
         rest: dict[int, float] = {}
         rest_total = 0.0
         table = self.table_client.table
         count = table.shard_count if table is not None else None
-        for g, r in ranked[len(top) :]:
+        for g, r in rates.items():
+            if g in listed:
+                continue
             rest_total += r
             if count:
                 shard = shard_for(g, count)
@@ -245,6 +248,11 @@ class Pod:
             "at": time.time(),
         }
 
+    @staticmethod
+    def _heaviest(rates: dict[int, float]) -> list[tuple[int, float]]:
+        """The reported top guilds: O(n log k), not a full sort of every guild."""
+        return heapq.nlargest(TOP_GUILDS, rates.items(), key=lambda kv: (kv[1], -kv[0]))
+
     async def _measure_sizes(self) -> None:
         """Approximate bytes per guild: a scan, so once a minute rather than per heartbeat,
         or sooner (at most every 5 s) when a guild rose into the reported top unmeasured."""
@@ -252,8 +260,9 @@ class Pod:
         while True:
             await asyncio.sleep(5.0)
             now = time.monotonic()
-            top = sorted(self.load.rates().items(), key=lambda kv: -kv[1])[:TOP_GUILDS]
-            unmeasured = any(g not in self.guild_bytes for g, _ in top)
+            unmeasured = any(
+                g not in self.guild_bytes for g, _ in self._heaviest(self.load.rates())
+            )
             if now - last < 60.0 and not unmeasured:
                 continue
             last = now

@@ -31,6 +31,7 @@ import httptools
 
 from modbot_ring import InvalidGuildId, NoRouteError, Route, parse_guild_id
 
+from .proxy import HOP_BY_HOP as HOP_BY_HOP_HEADERS
 from .proxy import RouterProxy, Unavailable
 
 log = logging.getLogger("modbot.proxy.fast")
@@ -38,20 +39,7 @@ log = logging.getLogger("modbot.proxy.fast")
 API_PREFIX = b"/api/guilds/"
 ROUTE_NAME = "/api/guilds/{guild_id}/{tail}"
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
-HOP_BY_HOP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-authenticate",
-        b"proxy-authorization",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"host",
-        b"content-length",
-    }
-)
+HOP_BY_HOP = frozenset(h.encode() for h in HOP_BY_HOP_HEADERS)  # proxy.py's list, as bytes
 SKIP_TO_APP = HOP_BY_HOP | {b"x-forwarded-for"}
 SKIP_TO_POD = HOP_BY_HOP | {b"x-forwarded-for", b"authorization"}
 SLOW_METHODS = frozenset({b"HEAD", b"CONNECT", b"OPTIONS", b"TRACE"})
@@ -317,7 +305,11 @@ class Exchange:
             self.client.abort()
             self.finish(status=499)
             return
-        self.fail(Unavailable(f"pod {self.pod or 'app'} closed the connection", 2), "closed")
+        self.fail(Unavailable(f"{self.upstream_name} closed the connection", 2), "closed")
+
+    @property
+    def upstream_name(self) -> str:
+        return f"pod {self.pod}" if self.pod else "the proxy's own app"
 
     @property
     def retryable(self) -> bool:
@@ -337,7 +329,7 @@ class Exchange:
     def fail(self, exc: Unavailable, kind: str | None = None) -> None:
         front = self.client.front
         if kind is not None and self.pod:
-            breaker = front.proxy._breaker(self.pod)
+            breaker = front.proxy.breaker_for(self.pod)
             breaker.failure()
             front.proxy.metrics.upstream_errors.labels(self.pod, kind).inc()
         body = json.dumps({"error": exc.why}).encode()
@@ -364,10 +356,10 @@ class Exchange:
         if self.pod:
             answered = self.upstream_status
             if answered >= 500:
-                front.proxy._breaker(self.pod).failure()
+                front.proxy.breaker_for(self.pod).failure()
                 front.proxy.metrics.upstream_errors.labels(self.pod, "5xx").inc()
             elif answered:
-                front.proxy._breaker(self.pod).success()
+                front.proxy.breaker_for(self.pod).success()
             front.count(self.pod, status or self.status, time.perf_counter() - self.started)
         self.client.exchange_done(self)
 
@@ -627,11 +619,11 @@ class FrontServer:
         try:
             guild = url[len(API_PREFIX) :].split(b"/", 1)[0].split(b"?", 1)[0]
             gid = parse_guild_id(guild.decode("ascii", "replace"))
-            table = self.proxy._table()
+            table = self.proxy.current_table()
             route = table.route(gid)
             exchange.route = route
             exchange.pod = route.pod
-            base = self.proxy._target(table, route)
+            base = self.proxy.target(table, route)
         except InvalidGuildId as exc:
             exchange.refusal = str(exc)
             return
@@ -702,7 +694,7 @@ class FrontServer:
                 return
             if exchange.pod and exchange.retryable and not exchange.retried:
                 exchange.retried = True
-                breaker = self.proxy._breaker(exchange.pod)
+                breaker = self.proxy.breaker_for(exchange.pod)
                 breaker.failure()
                 self.proxy.metrics.upstream_errors.labels(exchange.pod, "connect").inc()
                 if breaker.allow():
@@ -712,7 +704,7 @@ class FrontServer:
                 exchange.fail(Unavailable(f"pod {exchange.pod} did not answer (connect)", 2))
                 return
             exchange.fail(
-                Unavailable(f"pod {exchange.pod or 'app'} did not answer (connect)", 2), "connect"
+                Unavailable(f"{exchange.upstream_name} did not answer (connect)", 2), "connect"
             )
             return
         if exchange.client.closing:

@@ -173,26 +173,26 @@ class RouterProxy:
 
     # -- routing ----------------------------------------------------------------------------
 
-    def _table(self) -> RoutingTable:
+    def current_table(self) -> RoutingTable:
         table = self.tables.table
         if table is None:
             raise Unavailable("no routing table yet", 1)
         return table
 
-    def _breaker(self, pod: str) -> CircuitBreaker:
+    def breaker_for(self, pod: str) -> CircuitBreaker:
         breaker = self.breakers.get(pod)
         if breaker is None:
             breaker = self.breakers[pod] = CircuitBreaker()
         return breaker
 
-    def _target(self, table: RoutingTable, route: Route) -> str:
+    def target(self, table: RoutingTable, route: Route) -> str:
         """The pod's base URL, or Unavailable (offline in the table, open circuit, no URL)."""
         if route.pod_state is PodState.OFFLINE:
             raise Unavailable(f"pod {route.pod} is offline", 5)
         url = table.pods[route.pod].url
         if not url:
             raise Unavailable(f"pod {route.pod} has no URL registered", 5)
-        breaker = self._breaker(route.pod)
+        breaker = self.breaker_for(route.pod)
         if not breaker.allow():
             raise Unavailable(f"pod {route.pod} is failing (circuit open)", breaker.retry_after())
         return url
@@ -228,7 +228,7 @@ class RouterProxy:
     ) -> aiohttp.ClientResponse:
         """One upstream call with a bounded, jittered retry for requests without a body."""
         assert self.session is not None
-        breaker = self._breaker(pod)
+        breaker = self.breaker_for(pod)
         attempts = 2 if retry and data is None else 1
         for attempt in range(attempts):
             try:
@@ -266,7 +266,7 @@ class RouterProxy:
     async def dashboard(self, request: web.Request) -> web.StreamResponse:
         gid, route, table = self._parse_and_route(request)
         try:
-            url = self._target(table, route)
+            url = self.target(table, route)
             async with await self._send(
                 route.pod,
                 "GET",
@@ -295,7 +295,7 @@ class RouterProxy:
     async def api(self, request: web.Request) -> web.StreamResponse:
         _gid, route, table = self._parse_and_route(request)
         try:
-            url = self._target(table, route)
+            url = self.target(table, route)
             upstream = await self._send(
                 route.pod,
                 request.method,
@@ -328,7 +328,7 @@ class RouterProxy:
             raise web.HTTPBadRequest(
                 text=json.dumps({"error": str(exc)}), content_type="application/json"
             ) from None
-        table = self._table()
+        table = self.current_table()
         try:
             return gid, table.route(gid), table
         except NoRouteError as exc:
@@ -363,7 +363,7 @@ class RouterProxy:
         if payload["type"] == 1:
             self.metrics.interactions.labels("ping").inc()
             return web.json_response({"type": 1})
-        table = self._table()
+        table = self.current_table()
         try:
             route = self._interaction_route(table, payload)
         except (InvalidGuildId, NoRouteError, Unavailable) as exc:
@@ -374,7 +374,7 @@ class RouterProxy:
             self.metrics.interactions.labels("deferred_migrating").inc()
             return web.json_response(DEFERRED, headers=headers)
         try:
-            url = self._target(table, route)
+            url = self.target(table, route)
         except Unavailable:
             self._keep(self._deliver_later(payload))
             self.metrics.interactions.labels("deferred_unavailable").inc()
@@ -483,7 +483,7 @@ class RouterProxy:
                 route = self._interaction_route(table, payload)
                 if route.migrating:
                     raise Unavailable("migrating")
-                url = self._target(table, route)
+                url = self.target(table, route)
                 status, body = await self._forward_interaction(
                     route.pod, url, payload, raw, deferred=True
                 )

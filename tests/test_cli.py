@@ -111,3 +111,21 @@ async def test_db_upgrade(pg_schema, tmp_path):
     )
     _, err = await proc.communicate()
     assert proc.returncode != 0 and err.count(b"\n") == 1 and b"unsupported database URL" in err
+
+
+async def test_bad_plan_paths_and_ids_are_refused_before_anything_is_created(svc, tmp_path):
+    code, out, err = await cli(
+        "plan", "--svg", str(tmp_path / "missing" / "chart.svg"), url=svc.url
+    )
+    assert code == 2 and not out and len(err.strip().splitlines()) == 1 and "cannot write" in err
+    code, _, err = await cli("plan", "-o", str(tmp_path), url=svc.url)  # a folder, not a file
+    assert code == 2 and "cannot write" in err
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{svc.url}/v1/plans", headers={"Authorization": f"Bearer {ADMIN}"}) as r,
+    ):
+        assert (await r.json())["plans"] == []  # no plan was made
+    code, _, err = await cli("apply", "../pods/x", "--yes", url=svc.url)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "not a plan id" in err
+    code, _, err = await cli("apply", "plan-that-does-not-exist", "--yes", url=svc.url)
+    assert code != 0 and len(err.strip().splitlines()) == 1 and "no plan" in err

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import aiohttp
+import pytest
 from conftest import ADMIN, READ, free_port
 
 CLI = str(Path(sys.executable).parent / "modbot-ring")
@@ -75,3 +76,28 @@ async def test_serve_config_sim_and_proxy_from_flags(tmp_path):
             proc.terminate()
         for proc in procs:
             assert await asyncio.wait_for(proc.wait(), 10) == 0  # clean exit on SIGTERM
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["config", "--balance-threshold", "1.1", "--balance-clear", "1.2"], "clear"),
+        (["config", "--balance-mode", "sometimes"], "invalid choice"),
+        (["proxy", "--workers", "0"], "--workers"),
+    ],
+)
+async def test_bad_server_flags_exit_2_with_one_line(argv, message, tmp_path):
+    proc = await asyncio.create_subprocess_exec(
+        CLI,
+        "serve",
+        *argv,
+        "--port",
+        str(free_port()),
+        *(["--database-url", f"sqlite:///{tmp_path}/c.db"] if argv[0] == "config" else []),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _out, err = await asyncio.wait_for(proc.communicate(), 20)
+    lines = [line for line in err.decode().splitlines() if '"level"' not in line]
+    assert proc.returncode == 2 and message in lines[-1]
+    assert not (tmp_path / "c.db").exists()  # refused before anything was created
