@@ -12,6 +12,9 @@ COPY gateway_app ./gateway_app
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[deploy]"
 
 FROM python:3.11-slim
+# pg_dump / pg_restore for `modbot-ring db backup` (the config-backup CronJob)
+RUN apt-get update && apt-get install -y --no-install-recommends postgresql-client \
+ && rm -rf /var/lib/apt/lists/*
 RUN useradd --uid 10001 --create-home modbot \
  && mkdir /data && chown modbot /data
 COPY --from=build /wheels /wheels

@@ -13,7 +13,13 @@ $(VENV)/.installed: pyproject.toml
 run: $(VENV)/.installed
 	$(VENV)/bin/modbot-ring dev up
 
-test: $(VENV)/.installed
+# the schemas the Discord simulator's answers are checked against (tests/test_sim_spec.py)
+SPEC := tests/spec/node_modules/.installed
+$(SPEC): tests/spec/package-lock.json
+	npm ci --prefix tests/spec --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: $(VENV)/.installed $(SPEC)
 	bash .ci/services
 	@rc=0; $(PY) -m pytest -q || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; exit 1; fi; \

@@ -19,6 +19,7 @@ from typing import Any
 
 ADMIN = "bench-admin"
 INTERNAL = "bench-internal"
+MIGRATION = "bench-migration"
 CLI = str(Path(sys.executable).parent / "modbot-ring")
 
 
@@ -54,6 +55,7 @@ class LocalSystem:
             "MODBOT_ADMIN_TOKEN": ADMIN,
             "MODBOT_READ_TOKEN": ADMIN,
             "MODBOT_INTERNAL_TOKEN": INTERNAL,
+            "MODBOT_MIGRATION_TOKEN": MIGRATION,
             "DISCORD_TOKEN": "sim-token",
             "MODBOT_LOG_LEVEL": "warning",
         }

@@ -2,6 +2,19 @@
 
     python benchmarks/proxy_bench.py                 # 10 s per target, 64 connections
     python benchmarks/proxy_bench.py --duration 5 --connections 32
+    python benchmarks/proxy_bench.py --baseline-src /tmp/before   # a change's before/after
+    python benchmarks/proxy_bench.py --signed-in     # + a proxy checking a session cookie
+
+``--signed-in`` adds a proxy with sign-in on (session keys set), and every request of every
+target carries the same signed session cookie (Administrator in ``--cookie-guilds``
+guilds, default 10: a 550-byte cookie; 60, the most a cookie holds, gives ~2.5 KB; wrk
+picks a guild among them per request): the signed-in proxy verifies it (HMAC, then its cache), checks the per-user rate
+limit (set high enough never to refuse) and signs the identity header for the pod; the
+anonymous proxy (``--no-auth``) ignores the cookie. Goal: signed-in >= 0.9x anonymous.
+
+``--baseline-src DIR`` runs a second config service + proxy from another checkout of this
+repository (``git archive <commit> | tar -x -C DIR``) in the same interleaved rounds, so a
+change on the hot path is quoted against its own "before" under the same noise.
 
 Needs ``wrk`` and ``nginx`` (Debian packages ``wrk`` and ``nginx-light``). Everything
 listens on 127.0.0.1. Three nginx "pods" answer instantly, so what is measured is the
@@ -36,6 +49,30 @@ request = function()
   return wrk.format("GET", "/api/guilds/" .. id .. "/stats")
 end
 """
+
+
+SIGNED_IN_GUILDS = [str((1 << 60) + i * 7919) for i in range(200)]
+BENCH_SESSION_KEY = "proxy-bench-session-key-0123456789"
+
+
+def signed_in_script(cookie: str, guilds: int) -> str:
+    ids = ", ".join(f'"{g}"' for g in SIGNED_IN_GUILDS[:guilds])
+    return f"""
+math.randomseed(os.time())
+local ids = {{{ids}}}
+request = function()
+  local id = ids[math.random(1, #ids)]
+  return wrk.format("GET", "/api/guilds/" .. id .. "/stats", {{["Cookie"] = "modbot_session={cookie}"}})
+end
+"""
+
+
+def bench_cookie(guilds: int) -> str:
+    sys.path.insert(0, str(ROOT))
+    from router_proxy.auth import ADMINISTRATOR, GuildGrant, KeyRing, Sessions
+
+    grants = {g: GuildGrant(ADMINISTRATOR) for g in SIGNED_IN_GUILDS[:guilds]}
+    return Sessions(KeyRing.parse(BENCH_SESSION_KEY), ttl=86400).issue("1", "bench", grants)
 
 
 def free_port() -> int:
@@ -152,6 +189,90 @@ def print_profile(path: Path, top: int = 14) -> None:
             print(f"    {100 * n / total:5.1f}%  {name}")
 
 
+def start_stack(
+    procs: list[subprocess.Popen[bytes]],
+    cli: str,
+    env: dict[str, str],
+    tmp: Path,
+    backends: list[int],
+    workers: int,
+    src: Path | None,
+    signed_in: bool = False,
+) -> int:
+    """A config service and ``workers`` proxy processes (from ``src`` if given) in front of
+    the backends; returns the proxy's port once it is ready."""
+    if src is not None:
+        env = {**env, "PYTHONPATH": str(src.resolve())}
+    config_port, proxy_port = free_port(), free_port()
+    name = "before" if src is not None else "signed-in" if signed_in else "after"
+    procs.append(
+        subprocess.Popen(
+            [
+                cli,
+                "serve",
+                "config",
+                "--port",
+                str(config_port),
+                "--database-url",
+                f"sqlite:///{tmp}/config-{name}.db",
+                "--shard-count",
+                "0",
+                "--heartbeat-timeout",
+                "1e9",
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+        )
+    )
+    wait_http(f"http://127.0.0.1:{config_port}/healthz")
+    for i, port in enumerate(backends):
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{config_port}/v1/pods/gateway-{i}",
+            method="PUT",
+            data=json.dumps({"url": f"http://127.0.0.1:{port}"}).encode(),
+            headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"},
+        )
+        urllib.request.urlopen(req).read()
+    extra: list[str] = []
+    usage = subprocess.run(
+        [cli, "serve", "proxy", "--help"], env=env, capture_output=True, text=True
+    )
+    # anonymous API traffic, unthrottled: what this benchmark has always measured (a tree
+    # from before login existed ignores these variables)
+    env = {**env, "MODBOT_NO_AUTH": "true", "MODBOT_RATE_LIMIT_ANON": "0"}
+    if signed_in:  # sign-in on: cookies verified, per-user limit checked (never reached)
+        env |= {
+            "MODBOT_NO_AUTH": "false",
+            "MODBOT_SESSION_KEYS": BENCH_SESSION_KEY,
+            "MODBOT_RATE_LIMIT_USER": "1e9",
+        }
+    admin_port = 0
+    if "--admin-port" in usage.stdout:  # health and metrics off the public port
+        admin_port = free_port()
+        extra += ["--admin-port", str(admin_port)]
+    for _ in range(workers):  # several workers share one port (SO_REUSEPORT)
+        procs.append(
+            subprocess.Popen(
+                [
+                    cli,
+                    "serve",
+                    "proxy",
+                    "--port",
+                    str(proxy_port),
+                    "--config-url",
+                    f"http://127.0.0.1:{config_port}",
+                    "--log-level",
+                    "warning",
+                    *extra,
+                ],
+                env=env,
+            )
+        )
+    wait_http(f"http://127.0.0.1:{admin_port or proxy_port}/readyz")
+    return proxy_port
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -167,6 +288,23 @@ def main() -> None:
     parser.add_argument("--proxy-workers", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        default=None,
+        help="another checkout of this repo: its proxy joins the rounds as 'before'",
+    )
+    parser.add_argument(
+        "--signed-in",
+        action="store_true",
+        help="add a proxy with sign-in on; every request carries a session cookie",
+    )
+    parser.add_argument(
+        "--cookie-guilds",
+        type=int,
+        default=10,
+        help="guilds in the bench's session cookie (its size; default 10)",
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="py-spy the proxy during its run and print where the time goes",
@@ -178,9 +316,12 @@ def main() -> None:
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     tmp = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
     script = tmp / "random.lua"
-    script.write_text(WRK_SCRIPT)
+    cookie = bench_cookie(args.cookie_guilds)
+    script.write_text(
+        signed_in_script(cookie, args.cookie_guilds) if args.signed_in else WRK_SCRIPT
+    )
     backends = [free_port() for _ in range(3)]
-    nginx_port, config_port = free_port(), free_port()
+    nginx_port = free_port()
     confs = [
         backend_conf(tmp, backends),
         hash_proxy_conf(tmp, backends, nginx_port, args.nginx_workers),
@@ -197,64 +338,39 @@ def main() -> None:
         for conf in confs:
             procs.append(subprocess.Popen([nginx, "-c", str(conf), "-g", "daemon off;"]))
         wait_http(f"http://127.0.0.1:{backends[0]}/")
-        procs.append(
-            subprocess.Popen(
-                [
-                    cli,
-                    "serve",
-                    "config",
-                    "--port",
-                    str(config_port),
-                    "--database-url",
-                    f"sqlite:///{tmp}/config.db",
-                    "--shard-count",
-                    "0",
-                    "--heartbeat-timeout",
-                    "1e9",
-                    "--log-level",
-                    "warning",
-                ],
-                env=env,
-            )
+        proxy_port = start_stack(procs, cli, env, tmp, backends, args.proxy_workers, None)
+        proxy_pid = procs[-1].pid
+        before_port = (
+            start_stack(procs, cli, env, tmp, backends, args.proxy_workers, args.baseline_src)
+            if args.baseline_src
+            else 0
         )
-        wait_http(f"http://127.0.0.1:{config_port}/healthz")
-        for i, port in enumerate(backends):
-            req = urllib.request.Request(
-                f"http://127.0.0.1:{config_port}/v1/pods/gateway-{i}",
-                method="PUT",
-                data=json.dumps({"url": f"http://127.0.0.1:{port}"}).encode(),
-                headers={"Authorization": f"Bearer {ADMIN}", "Content-Type": "application/json"},
-            )
-            urllib.request.urlopen(req).read()
-        proxy_ports = []
-        for _ in range(args.proxy_workers):
-            proxy_ports.append(free_port())
-        proxy_port = proxy_ports[0]
-        for _ in range(args.proxy_workers):  # several workers share one port (SO_REUSEPORT)
-            procs.append(
-                subprocess.Popen(
-                    [
-                        cli,
-                        "serve",
-                        "proxy",
-                        "--port",
-                        str(proxy_port),
-                        "--config-url",
-                        f"http://127.0.0.1:{config_port}",
-                        "--log-level",
-                        "warning",
-                    ],
-                    env=env,
-                )
-            )
-        wait_http(f"http://127.0.0.1:{proxy_port}/readyz")
+        signed_port = (
+            start_stack(procs, cli, env, tmp, backends, args.proxy_workers, None, signed_in=True)
+            if args.signed_in
+            else 0
+        )
+        if signed_port:
+            warm = wrk(f"http://127.0.0.1:{signed_port}", 2, args.connections, script)
+            if warm["non2xx"]:
+                raise SystemExit("the signed-in proxy refused the bench's session cookie")
         wrk(f"http://127.0.0.1:{proxy_port}", 2, args.connections, script)  # warm up pools
+        if before_port:
+            wrk(f"http://127.0.0.1:{before_port}", 2, args.connections, script)
         wrk(f"http://127.0.0.1:{nginx_port}", 2, args.connections, script)
         targets = {
             "direct (one backend)": f"http://127.0.0.1:{backends[0]}",
             f"nginx hash $guild consistent ({args.nginx_workers} worker)": f"http://127.0.0.1:{nginx_port}",
             f"modbot-ring proxy ({args.proxy_workers} process)": f"http://127.0.0.1:{proxy_port}",
         }
+        if before_port:
+            targets[f"before: proxy ({args.proxy_workers} process)"] = (
+                f"http://127.0.0.1:{before_port}"
+            )
+        if signed_port:
+            targets[f"signed-in proxy ({args.proxy_workers} process)"] = (
+                f"http://127.0.0.1:{signed_port}"
+            )
         # rounds interleave the targets, and each figure is the median over rounds:
         # this VM's speed drifts, so a baseline measured minutes apart would mislead
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
@@ -282,7 +398,7 @@ def main() -> None:
                     str(args.duration),
                     "--nonblocking",
                     "--pid",
-                    str(procs[-1].pid),
+                    str(proxy_pid),
                 ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -316,6 +432,18 @@ def main() -> None:
     print(
         f"  goal: throughput >= 0.5x nginx (got {proxy_row['rps'] / nginx_row['rps']:.2f}x), p99 <= 3x nginx's (got {proxy_row['p99'] / nginx_row['p99']:.2f}x)"
     )
+    signed = next((r for k, r in rows.items() if k.startswith("signed-in")), None)
+    if signed is not None:
+        print(
+            f"  signed-in/anonymous ({len(cookie)}-byte cookie): throughput {signed['rps'] / proxy_row['rps']:.3f}x (goal >= 0.9x), "
+            f"p50 {signed['p50'] / proxy_row['p50']:.2f}x, p99 {signed['p99'] / proxy_row['p99']:.2f}x"
+        )
+    before = next((r for k, r in rows.items() if k.startswith("before")), None)
+    if before is not None:
+        print(
+            f"  after/before: throughput {proxy_row['rps'] / before['rps']:.3f}x, "
+            f"p50 {proxy_row['p50'] / before['p50']:.2f}x, p99 {proxy_row['p99'] / before['p99']:.2f}x"
+        )
 
 
 if __name__ == "__main__":

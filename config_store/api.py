@@ -8,10 +8,13 @@ typo never silently becomes a default.
 from __future__ import annotations
 
 import base64
-import hmac
+import ipaddress
 import json
 import logging
+import math
+import re
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -19,19 +22,25 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from modbot_ring import InvalidGuildId, NoRouteError, parse_guild_id
+from modbot_ring.hashring import InvalidWeight, check_weight
 
 from .balancer import Balancer
+from .client.auth import matching_token, same_token
 from .client.observability import json_error
 from .migrator import Migrator
 from .openapi import OPENAPI
 from .ops_page import render as render_ops
 from .publisher import Snapshot, TablePublisher
-from .store import Invalid, Store, StoreError, StoreUnavailable
+from .store import Conflict, Invalid, Store, StoreError, StoreUnavailable
 
 log = logging.getLogger("modbot.config.api")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 MAX_BODY = 1 << 20
+MAX_INT = 2**63 - 1  # ids, versions and cursors are signed 64-bit in every store
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$"
+)
 MAX_LONG_POLL = 30.0
 ACTOR_HEADER = "X-Modbot-Actor"
 
@@ -44,25 +53,52 @@ METRICS_KEY: web.AppKey[ApiMetrics] = web.AppKey("metrics")
 
 
 class ApiMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, redis: bool = True) -> None:
         self.requests = Counter(
             "modbot_config_requests_total",
-            "API requests",
+            "Config service API requests, by route, method and HTTP status.",
             ["route", "method", "status"],
             registry=registry,
         )
+        # long-polls (GET /v1/table?wait=N) last up to 30 s by design: they have their own
+        # histogram so this one stays usable for latency alerts
         self.latency = Histogram(
-            "modbot_config_request_seconds", "API latency", ["route"], registry=registry
+            "modbot_config_request_seconds",
+            "Time the config service took to answer an API request (long-polls excluded).",
+            ["route"],
+            registry=registry,
+        )
+        self.long_poll = Histogram(
+            "modbot_config_table_long_poll_seconds",
+            "Time a routing-table long-poll (GET /v1/table?wait=N) was held open.",
+            registry=registry,
+            buckets=(0.01, 0.1, 0.5, 1, 2.5, 5, 10, 20, 30, 45),
         )
         self.conflicts = Counter(
-            "modbot_config_conflicts_total", "refused writes (409)", registry=registry
+            "modbot_config_conflicts_total",
+            "Writes refused with 409 because they conflicted with the current state.",
+            registry=registry,
         )
         self.table_version = Gauge(
-            "modbot_config_table_version", "version of the served table", registry=registry
+            "modbot_config_table_version",
+            "Version of the routing table this replica serves.",
+            registry=registry,
         )
-        self.pods = Gauge("modbot_config_pods", "pods by state", ["state"], registry=registry)
-        self.redis_up = Gauge(
-            "modbot_config_redis_up", "1 when the table is cached in Redis", registry=registry
+        self.pods = Gauge(
+            "modbot_config_pods",
+            "Gateway pods in the routing table, by state.",
+            ["state"],
+            registry=registry,
+        )
+        # not exported without Redis: "deliberately off" must not read as "down"
+        self.redis_up = (
+            Gauge(
+                "modbot_config_redis_up",
+                "1 when the routing table is cached in Redis, 0 when Redis fails.",
+                registry=registry,
+            )
+            if redis
+            else None
         )
 
 
@@ -113,7 +149,11 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return json_error(500, "internal error (see the config service log)")
     finally:
         metrics.requests.labels(route, request.method, str(status)).inc()
-        metrics.latency.labels(route).observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        if route == "/v1/table" and "wait" in request.query:
+            metrics.long_poll.observe(elapsed)
+        else:
+            metrics.latency.labels(route).observe(elapsed)
 
 
 @web.middleware
@@ -122,14 +162,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if required is None:
         return await handler(request)
     settings = request.app[SETTINGS_KEY]
-    header = request.headers.get("Authorization", "")
-    token = header[7:] if header.startswith("Bearer ") else ""
-    admin, read = settings["admin_token"], settings["read_token"]
-    granted = bool(token) and (
-        (admin and hmac.compare_digest(token, admin))
-        or (required == "read" and read and hmac.compare_digest(token, read))
+    presented = matching_token(
+        request.headers.get("Authorization"),
+        {"admin": settings["admin_token"], "read": settings["read_token"]},
     )
-    if not granted:
+    if not (presented == "admin" or (required == "read" and presented == "read")):
         what = "an admin token" if required == "admin" else "a read or admin token"
         return json_error(
             401,
@@ -149,6 +186,52 @@ def _guild(request: web.Request) -> int:
         raise Invalid(str(exc)) from None
 
 
+def non_negative_int(value: object, name: str) -> int:
+    """A JSON int or a decimal ASCII string as an int in 0 .. 2**63-1, else Invalid (400).
+
+    ``int()`` alone accepts ``True``, ``1.5``, ``" 7"`` and non-ASCII digits, and raises
+    past Python's digit limit on 5,000-digit strings (a 500); stores overflow past 2**63-1."""
+    if type(value) is int:
+        number = value
+    elif isinstance(value, str) and 0 < len(value) <= 19 and value.isascii() and value.isdigit():
+        number = int(value)
+    else:
+        raise Invalid(f"{name} must be a non-negative integer, got {str(value)[:40]!r}")
+    if not 0 <= number <= MAX_INT:
+        raise Invalid(f"{name} must be in 0 .. 2**63-1, got {str(number)[:40]}")
+    return number
+
+
+def check_pod_url(url: str) -> None:
+    """Refuse a pod URL that is not plain ``http(s)://host[:port][/path]``: the config
+    service and every proxy send bearer tokens to it and build request lines from it."""
+    if len(url) > 2048 or not url.isascii() or any(c.isspace() or not c.isprintable() for c in url):
+        raise Invalid("url must be printable ASCII without spaces or line breaks")
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise Invalid(f"url {url[:80]!r} is not valid: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise Invalid(f"url must be http(s)://host[:port], got {url[:80]!r}")
+    if "@" in parts.netloc:
+        raise Invalid("url must not carry credentials (user@host)")
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise Invalid("url must not have a query or fragment")
+    if any(seg in (".", "..") for seg in parts.path.split("/")):
+        raise Invalid("url path must not contain . or .. segments")
+    host = parts.hostname or ""
+    if (port is not None and not 1 <= port <= 65535) or parts.netloc.endswith(":"):
+        raise Invalid("url port must be 1..65535")
+    if parts.netloc.startswith("["):
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise Invalid(f"url host {host[:80]!r} is not an IPv6 address") from None
+    elif not _HOSTNAME.match(host):
+        raise Invalid(f"url host {host[:80]!r} is not a host name or address")
+
+
 def _actor(request: web.Request) -> str:
     actor = request.headers.get(ACTOR_HEADER, "admin").strip()
     return "".join(c for c in actor if c.isprintable())[:64] or "admin"
@@ -159,9 +242,10 @@ def _expected_version(request: web.Request) -> int | None:
     if value is None:
         return None
     text = value.strip().removeprefix("W/").strip('"')
-    if not text.isdigit():
-        raise Invalid(f'If-Match must be a table version like "42", got {value!r}')
-    return int(text)
+    try:
+        return non_negative_int(text, "If-Match")
+    except Invalid:
+        raise Invalid(f'If-Match must be a table version like "42", got {value[:40]!r}') from None
 
 
 async def _body(
@@ -174,7 +258,7 @@ async def _body(
     else:
         try:
             data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             raise Invalid("request body is not valid JSON") from None
     if not isinstance(data, dict):
         raise Invalid("request body must be a JSON object")
@@ -234,6 +318,8 @@ async def get_table(request: web.Request) -> web.StreamResponse:
             wait = min(float(request.query.get("wait", "0")), MAX_LONG_POLL)
         except ValueError:
             raise Invalid("wait must be a number of seconds") from None
+        if math.isnan(wait):
+            raise Invalid("wait must be a number of seconds")
         newer = await publisher.wait_newer(snap.version, wait) if wait > 0 else None
         if newer is None:
             return web.Response(status=304, headers={"ETag": snap.etag})
@@ -349,8 +435,16 @@ async def register_pod(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     body = await _body(request, {}, {"url": (str, type(None)), "weight": float})
     url = body.get("url")
-    if url is not None and not url.startswith(("http://", "https://")):
-        raise Invalid(f"url must be http(s)://..., got {url[:80]!r}")
+    if url is not None:
+        check_pod_url(url)
+        url = url.rstrip("/")
+    if body.get("weight") is not None:
+        # the library's bound, not the store's: a weight the table refuses would be stored
+        # and then break every table build (every read and write a 500)
+        try:
+            check_weight(name, body["weight"], (await _snapshot(request)).table.algorithm)
+        except InvalidWeight as exc:
+            raise Invalid(str(exc)) from None
     await request.app[MIGRATOR_KEY].hold_before_join(name, _actor(request))
     version = await request.app[STORE_KEY].register_pod(
         name, url, body.get("weight"), _actor(request)
@@ -381,7 +475,17 @@ def _pod_state_handler(state: str) -> Handler:
     return set_state
 
 
-drain_pod = _pod_state_handler("draining")
+@role("admin")
+async def drain_pod(request: web.Request) -> web.Response:
+    """Draining holds the pod's placement (shards pinned in place) until a plan moves its
+    data: re-routing at once would strand its rows (config_store/migrator.py, drain)."""
+    name = request.match_info["name"]
+    version = await request.app[MIGRATOR_KEY].drain(
+        name, _actor(request), _expected_version(request)
+    )
+    return _version_reply(version, pod=name, state="draining")
+
+
 activate_pod = _pod_state_handler("active")
 
 
@@ -401,11 +505,8 @@ async def remove_pod(request: web.Request) -> web.Response:
 @role("read")
 async def list_pins(request: web.Request) -> web.Response:
     pod = request.query.get("pod") or None
-    try:
-        limit = min(int(request.query.get("limit", "1000")), 10_000)
-        after = int(request.query.get("after", "0"))
-    except ValueError:
-        raise Invalid("limit and after must be integers") from None
+    limit = max(1, min(non_negative_int(request.query.get("limit", "1000"), "limit"), 10_000))
+    after = non_negative_int(request.query.get("after", "0"), "after")
     pins = await request.app[STORE_KEY].pins(pod, limit, after)
     return web.json_response({"pins": pins})
 
@@ -501,11 +602,10 @@ async def put_ring(request: web.Request) -> web.Response:
 
 @role("read")
 async def get_audit(request: web.Request) -> web.Response:
-    try:
-        limit = max(1, min(int(request.query.get("limit", "50")), 1000))
-        before = int(request.query["before"]) if "before" in request.query else None
-    except ValueError:
-        raise Invalid("limit and before must be integers") from None
+    limit = max(1, min(non_negative_int(request.query.get("limit", "50"), "limit"), 1000))
+    before = (
+        non_negative_int(request.query["before"], "before") if "before" in request.query else None
+    )
     entries = await request.app[STORE_KEY].audit(limit, before)
     return web.json_response(
         {
@@ -549,10 +649,7 @@ async def list_migrations(request: web.Request) -> web.Response:
 
 
 def _int_param(request: web.Request, name: str) -> int:
-    try:
-        return int(request.match_info[name])
-    except ValueError:
-        raise Invalid(f"{name} must be an integer") from None
+    return non_negative_int(request.match_info[name], name)
 
 
 @role("read")
@@ -570,10 +667,25 @@ async def cancel_migration(request: web.Request) -> web.Response:
 @role("admin")
 async def create_plan(request: web.Request) -> web.Response:
     body = await _body(
-        request, {}, {"epsilon": float, "max_moves": (int, type(None)), "restore": dict}
+        request,
+        {},
+        {
+            "epsilon": float,
+            "max_moves": (int, type(None)),
+            "restore": dict,
+            "drain": str,
+            "repair": bool,
+        },
     )
+    if "drain" in body:  # the plan that empties a draining pod
+        plan = await request.app[MIGRATOR_KEY].drain_plan(body["drain"], _actor(request))
+        return web.json_response(plan, status=201)
+    if body.get("repair"):  # carry stranded rows to their owners
+        plan = await request.app[MIGRATOR_KEY].repair_plan(_actor(request))
+        return web.json_response(plan, status=201)
     if "restore" in body:
-        plan = await request.app[MIGRATOR_KEY].restore_plan(body["restore"], _actor(request))
+        assignment = _assignment(body["restore"])
+        plan = await request.app[MIGRATOR_KEY].restore_plan(assignment, _actor(request))
         return web.json_response(plan, status=201)
     epsilon = float(body.get("epsilon", 0.05))
     if not 0 <= epsilon <= 10:
@@ -581,10 +693,35 @@ async def create_plan(request: web.Request) -> web.Response:
     max_moves = body.get("max_moves")
     if max_moves is not None and max_moves < 1:
         raise Invalid("max_moves must be at least 1")
-    plan = await request.app[MIGRATOR_KEY].generate_plan(
-        epsilon=epsilon, max_moves=max_moves, actor=_actor(request)
-    )
+    try:
+        plan = await request.app[MIGRATOR_KEY].generate_plan(
+            epsilon=epsilon, max_moves=max_moves, actor=_actor(request)
+        )
+    except ValueError as exc:  # the planner's refusals (no active pods, ...): the state's fault
+        raise Conflict(f"no plan: {exc}") from None
     return web.json_response(plan, status=201)
+
+
+def _assignment(saved: Any) -> dict[str, Any]:
+    """A plan's saved ``current_assignment``, checked before it reaches the migrator:
+    {"shards": {"<shard>": pod or null}, "pins": {"<guild id>": pod}} (both optional)."""
+    if not isinstance(saved, dict) or set(saved) - {"shards", "pins"}:
+        raise Invalid("restore must be an object with optional shards and pins")
+    shards, pins = saved.get("shards") or {}, saved.get("pins") or {}
+    if not isinstance(shards, dict) or not isinstance(pins, dict):
+        raise Invalid("restore.shards and restore.pins must be objects")
+    for shard, pod in shards.items():
+        non_negative_int(shard, "restore.shards key")
+        if pod is not None and not isinstance(pod, str):
+            raise Invalid(f"restore.shards[{shard[:20]!r}] must be a pod name or null")
+    for gid, pod in pins.items():
+        try:
+            parse_guild_id(gid)
+        except InvalidGuildId as exc:
+            raise Invalid(f"restore.pins: {exc}") from None
+        if not isinstance(pod, str):
+            raise Invalid(f"restore.pins[{gid!r}] must be a pod name")
+    return {"shards": shards, "pins": pins}
 
 
 @role("read")
@@ -641,7 +778,7 @@ def _admin_credentials(request: web.Request) -> bool:
             token = base64.b64decode(header[6:], validate=True).decode().partition(":")[2]
         except (ValueError, UnicodeDecodeError):
             token = ""
-    return bool(admin) and bool(token) and hmac.compare_digest(token, admin)
+    return same_token(token, admin)
 
 
 async def ops_page(request: web.Request) -> web.Response:

@@ -25,7 +25,16 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
 
-from modbot_ring import BalancePolicy, LoadView, RoutingTable, SkewDetector, SkewState, measure
+from modbot_ring import (
+    BalancePolicy,
+    LoadView,
+    NoRouteError,
+    RoutingTable,
+    SkewDetector,
+    SkewState,
+    measure,
+)
+from modbot_ring.balance import why_not_plan
 
 from .loads import collect
 from .migrator import Migrator
@@ -56,32 +65,41 @@ class BalancerSettings:
 class BalancerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.pod_load = Gauge(
-            "modbot_config_pod_load", "events/s attributed to a pod", ["pod"], registry=registry
+            "modbot_config_pod_load",
+            "Discord events per second attributed to each gateway pod.",
+            ["pod"],
+            registry=registry,
         )
         self.imbalance = Gauge(
-            "modbot_config_imbalance_ratio", "peak pod load / fair share", registry=registry
+            "modbot_config_imbalance_ratio",
+            "Load of the busiest pod divided by the fair share (1.0: even).",
+            registry=registry,
         )
         self.skew = Gauge(
             "modbot_config_load_skew",
-            "1 + the largest deviation from fair share",
+            "1 + the largest deviation of any pod from the fair share (the balancer's trigger).",
             registry=registry,
         )
         self.hot = Gauge(
             "modbot_config_hot_guild_load",
-            "events/s of the hottest guilds",
+            "Discord events per second of the hottest guilds, with the pod that owns each.",
             ["guild", "pod"],
             registry=registry,
         )
         self.scale_out = Gauge(
             "modbot_config_recommended_gateway_replicas",
-            "gateway replicas recommended (0: no advice)",
+            "Gateway replicas the balancer recommends (0: no advice).",
             registry=registry,
         )
         self.leader = Gauge(
-            "modbot_config_balancer_leader", "1 on the replica that decides", registry=registry
+            "modbot_config_balancer_leader",
+            "1 on the config replica that holds the balancer lock and decides.",
+            registry=registry,
         )
         self.waiting = Gauge(
-            "modbot_config_plans_waiting", "plans proposed, not applied", registry=registry
+            "modbot_config_plans_waiting",
+            "Balancing plans proposed and not yet applied.",
+            registry=registry,
         )
 
 
@@ -147,6 +165,9 @@ class Balancer:
         self._export(view)
         self.leader = await self.store.db.try_lead("balancer")
         self.metrics.leader.set(1 if self.leader else 0)
+        if self.leader:  # housekeeping, whatever the mode: stale plans are not advertised
+            for stale in await self.migrations.expire_stale_plans():
+                log.info("plan %s expired: someone else changed the table", stale)
         proposed = await self.migrations.plans_in_state(("proposed",))
         self.metrics.waiting.set(len(proposed))
         waiting = [p for p in proposed if p["actor"] == ACTOR]
@@ -154,14 +175,6 @@ class Balancer:
             self.waiting = waiting[0] if waiting else None
             self.decision = "off" if self.settings.mode == "off" else "following the leader"
             return
-        for stale in waiting:
-            if stale["base_version"] != table.version:
-                with contextlib.suppress(Conflict):
-                    await self.migrations.set_plan_state(
-                        stale["id"], "expired", expect=("proposed",)
-                    )
-                log.info("plan %s expired: the table moved on", stale["id"])
-        waiting = [w for w in waiting if w["base_version"] == table.version]
         self.waiting = waiting[0] if waiting else None
         busy = await self.migrations.plans_in_state(("executing",))
         silent = sorted(
@@ -172,8 +185,13 @@ class Balancer:
             return
         if self.detector.state is SkewState.FIRED and not waiting and not busy:
             self.detector.rearm(now)  # the last plan ended: a new one needs a full hold-down
-        fire = self.detector.observe(view.skew, now)
         joined = [p for p in self._joined(view, table, records, now) if p not in self._filled]
+        quiet = why_not_plan(view, table, cluster.guilds, cluster.shards, self.policy)
+        if quiet and not joined and not busy and self.waiting is None:
+            self.detector.observe(1.0, now)  # nothing to act on: the hold-down starts over
+            self.decision = quiet
+            return
+        fire = self.detector.observe(view.skew, now)
         if not (joined and not waiting and not busy):
             joined = []
         else:
@@ -238,6 +256,7 @@ class Balancer:
             frozen_shards=frozen_shards,
             frozen_guilds=frozen_guilds,
             reason=reason,
+            state="proposed",
         )
         if not plan["moves"]:
             with contextlib.suppress(Conflict):
@@ -272,12 +291,18 @@ class Balancer:
     # -- what operators see ---------------------------------------------------------------------
 
     def advice(self) -> list[str]:
+        """Re-checked against the table being served now, not the one of the last tick:
+        a plan the table moved past is not advertised, a hot guild is named on the pod it
+        is on now."""
         lines: list[str] = []
         view = self.view
         if view is None:
             return lines
-        if self.waiting is not None:
-            lines.append(f"a plan is waiting: modbot-ring apply {self.waiting['id']}")
+        snapshot = self.publisher.snapshot
+        table = None if snapshot is None else snapshot.table
+        waiting = self.waiting
+        if waiting is not None and (table is None or waiting["base_version"] == table.version):
+            lines.append(f"a plan is waiting: modbot-ring apply {waiting['id']}")
         if self.scale_out is not None:
             lines.append(
                 f"balanced but over capacity (mean {view.mean:.1f} events/s per pod, capacity "
@@ -285,11 +310,20 @@ class Balancer:
                 f"kubectl scale statefulset {self.settings.statefulset} --replicas={self.scale_out}"
             )
         for hot in view.dedicated():
+            pod = hot.pod if table is None else _owner(table, hot.guild_id, hot.pod)
             lines.append(
-                f"guild {hot.guild_id} on {hot.pod} carries {hot.share:.1f}x a pod's fair share: "
+                f"guild {hot.guild_id} on {pod} carries {hot.share:.1f}x a pod's fair share: "
                 f"give it a dedicated pod (modbot-ring pin {hot.guild_id} <new pod>)"
             )
         return lines
+
+    def _current_waiting(self) -> str | None:
+        snapshot = self.publisher.snapshot
+        if self.waiting is None:
+            return None
+        if snapshot is not None and self.waiting["base_version"] != snapshot.table.version:
+            return None
+        return str(self.waiting["id"])
 
     def status(self, *, history: bool = True) -> dict[str, Any]:
         """What the balancer sees and decided; ``history`` adds the imbalance samples."""
@@ -298,7 +332,9 @@ class Balancer:
             "mode": self.settings.mode,
             "leader": self.leader,
             "state": self.detector.state.value,
-            "decision": self.decision,
+            "decision": self.decision
+            if self.waiting is None or self._current_waiting() is not None
+            else f"plan {self.waiting['id']} expired: the table changed; a new one may follow",
             "policy": asdict(self.policy),
             "imbalance": None if view is None else round(view.imbalance, 4),
             "skew": None if view is None else round(view.skew, 4),
@@ -317,7 +353,7 @@ class Balancer:
                 "replicas": self.scale_out,
                 "command": f"kubectl scale statefulset {self.settings.statefulset} --replicas={self.scale_out}",
             },
-            "waiting_plan": None if self.waiting is None else self.waiting["id"],
+            "waiting_plan": self._current_waiting(),
             "advice": self.advice(),
         }
         if history:
@@ -325,3 +361,10 @@ class Balancer:
                 [round(t, 1), round(i, 4), round(s, 4)] for t, i, s in self.history
             ]
         return summary
+
+
+def _owner(table: RoutingTable, guild_id: int, fallback: str) -> str:
+    try:
+        return table.owner(guild_id)
+    except NoRouteError:
+        return fallback

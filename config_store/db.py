@@ -10,21 +10,73 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
+import time
 import zlib
+from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-__all__ = ["Database", "DatabaseUnavailable", "Tx", "open_database"]
+__all__ = ["Database", "DatabaseUnavailable", "Reachability", "Tx", "open_database"]
+
+log = logging.getLogger("modbot.config.db")
 
 Row = tuple[Any, ...]
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+# while PostgreSQL is unreachable, probe it this often (seconds); the pool is rebuilt on
+# the first probe that connects, so writes resume well within 2 s of the database's return
+RECONNECT_PROBE_INTERVAL = 0.25
 
 
 class DatabaseUnavailable(Exception):
     """The database cannot be reached (or failed mid-transaction): try again later."""
+
+
+class Reachability:
+    """When this process could and could not reach its database (wall-clock seconds).
+
+    Heartbeat freshness is judged only over time the database was reachable: a pod whose
+    heartbeats failed because the *database* was down has not missed anything. An outage
+    is counted from the last success before the first failure (conservatively long) to
+    the first success after it. The process start counts as the end of an outage too:
+    before it, nobody here was watching."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.last_ok: float | None = None
+        self.down_since: float | None = None
+        self.outages: deque[tuple[float, float]] = deque(maxlen=256)
+
+    def ok(self) -> None:
+        now = time.time()
+        if self.down_since is not None:
+            self.outages.append((self.down_since, now))
+            log.warning("database reachable again after %.1f s", now - self.down_since)
+            self.down_since = None
+        self.last_ok = now
+
+    def failed(self) -> None:
+        if self.down_since is None:
+            self.down_since = self.last_ok if self.last_ok is not None else self.started
+
+    @property
+    def reachable(self) -> bool:
+        return self.down_since is None
+
+    @property
+    def restored_at(self) -> float:
+        """The end of the last outage (or the process start)."""
+        return max([self.started, *(end for _, end in self.outages)])
+
+    def unreachable_between(self, start: float, end: float) -> float:
+        """Seconds of [start, end] during which the database was unreachable."""
+        spans = list(self.outages)
+        if self.down_since is not None:
+            spans.append((self.down_since, end))
+        return sum(max(0.0, min(b, end) - max(a, start)) for a, b in spans)
 
 
 class Tx(Protocol):
@@ -37,6 +89,7 @@ class Tx(Protocol):
 class Database(Protocol):
     dialect: str
     url: str
+    health: Reachability
 
     def transaction(self, *, write: bool = True) -> contextlib.AbstractAsyncContextManager[Tx]: ...
     async def ping(self) -> None: ...
@@ -89,17 +142,28 @@ class _PgTx:
 
 
 class PostgresDatabase:
+    """A psycopg pool, plus a fast way back after an outage.
+
+    psycopg_pool retries a failed connection with exponential backoff (1, 2, 4, ... s):
+    after a minute-long outage its next attempt can be half a minute away. So on the
+    first connection failure this class takes over: transactions fail at once (503s, not
+    5 s pool waits), a probe connects every ``RECONNECT_PROBE_INTERVAL`` seconds, and on
+    the first success a fresh pool replaces the broken one."""
+
     dialect = "postgres"
 
     def __init__(self, url: str, schema: str) -> None:
         self.url = url
         self.schema = schema
+        self.health = Reachability()
         self._pool: Any = None
+        self._kwargs: dict[str, Any] = {}
         self._leases: dict[str, Any] = {}
+        self._recovery: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def open(self) -> None:
         import psycopg
-        from psycopg_pool import AsyncConnectionPool
 
         kwargs: dict[str, Any] = {"connect_timeout": 5}
         if self.schema:
@@ -112,29 +176,86 @@ class PostgresDatabase:
                     await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             except psycopg.OperationalError as exc:
                 raise DatabaseUnavailable(_first_line(exc)) from None
-        self._pool = AsyncConnectionPool(
+        self._kwargs = kwargs
+        self._pool = self._new_pool()
+        await self._pool.open(wait=False)
+
+    def _new_pool(self) -> Any:
+        from psycopg_pool import AsyncConnectionPool
+
+        return AsyncConnectionPool(
             self.url,
             min_size=1,
             max_size=8,
-            kwargs=kwargs,
+            kwargs=self._kwargs,
             open=False,
+            # a connection broken by a restart is found before use, not by the query
             check=AsyncConnectionPool.check_connection,
             timeout=5,
+            # the pool's own backoff gives up quickly; the probe below does the waiting
+            reconnect_timeout=2.0,
+            max_lifetime=600.0,
         )
-        await self._pool.open(wait=False)
 
     @contextlib.asynccontextmanager
     async def transaction(self, *, write: bool = True) -> AsyncIterator[Tx]:
         import psycopg
-        from psycopg_pool import PoolTimeout
 
+        if self._recovery is not None and not self._recovery.done():
+            raise DatabaseUnavailable("database unreachable: reconnecting")
+        used: Any = None
         try:
-            async with self._pool.connection() as conn, conn.transaction():
-                if not write:
-                    await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                yield _PgTx(conn)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+            async with self._pool.connection() as conn:
+                used = conn
+                self.health.ok()
+                async with conn.transaction():
+                    if not write:
+                        await conn.execute(
+                            "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
+                        )
+                    yield _PgTx(conn)
+        except psycopg.OperationalError as exc:  # PoolTimeout and PoolClosed included
+            # no connection at all, or the one we had broke: the server is gone (a
+            # serialization failure or lock timeout leaves the connection usable)
+            if used is None or used.broken or used.closed:
+                self._unreachable()
             raise DatabaseUnavailable(_first_line(exc)) from None
+
+    def _unreachable(self) -> None:
+        self.health.failed()
+        if not self._closed and (self._recovery is None or self._recovery.done()):
+            self._recovery = asyncio.create_task(self._recover(), name="db-reconnect")
+
+    async def _recover(self) -> None:
+        """Probe until PostgreSQL answers, then swap in a fresh pool."""
+        import psycopg
+
+        while not self._closed:
+            try:
+                probe = await psycopg.AsyncConnection.connect(
+                    self.url, autocommit=True, connect_timeout=2, **self._kwargs_no_timeout()
+                )
+                async with probe:
+                    await probe.execute("SELECT 1")
+            except (psycopg.Error, OSError):
+                await asyncio.sleep(RECONNECT_PROBE_INTERVAL)
+                continue
+            fresh = self._new_pool()
+            try:
+                await fresh.open(wait=True, timeout=5)
+            except psycopg.Error:  # went away again between the probe and the pool
+                await fresh.close()
+                await asyncio.sleep(RECONNECT_PROBE_INTERVAL)
+                continue
+            old, self._pool = self._pool, fresh
+            self.health.ok()
+            log.info("database connection pool rebuilt")
+            with contextlib.suppress(Exception):
+                await old.close(timeout=1)
+            return
+
+    def _kwargs_no_timeout(self) -> dict[str, Any]:
+        return {k: v for k, v in self._kwargs.items() if k != "connect_timeout"}
 
     async def ping(self) -> None:
         async with self.transaction(write=False) as tx:
@@ -166,6 +287,11 @@ class PostgresDatabase:
         return False
 
     async def close(self) -> None:
+        self._closed = True
+        if self._recovery is not None:
+            self._recovery.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._recovery
         for conn in self._leases.values():
             with contextlib.suppress(Exception):
                 await conn.close()
@@ -224,6 +350,7 @@ class SqliteDatabase:
     def __init__(self, url: str, path: str) -> None:
         self.url = url
         self.path = path
+        self.health = Reachability()  # a local file: never unreachable
         self._conn: Any = None
         self._lock = asyncio.Lock()
 

@@ -3,7 +3,9 @@
 Starts the Discord simulator (seeded with a few guilds and a trickle of messages), the
 config service (SQLite, or ``--postgres``), gateway pods, and the proxy, each as its own
 ``modbot-ring serve ...`` process, exactly as they run in Kubernetes. They talk only
-over HTTP (and Redis with ``--redis``). Ctrl-C stops everything cleanly.
+over HTTP (and Redis with ``--redis``). Once up, a child that exits is restarted with
+backoff (one line on stdout says which, its exit code and the delay), as Kubernetes
+would. Ctrl-C stops everything cleanly.
 """
 
 from __future__ import annotations
@@ -16,15 +18,22 @@ import os
 import secrets
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from .client.flags import Flag
+from .client.flags import Flag, env_bool
 
 __all__ = ["DEV_FLAGS", "run"]
+
+# restart backoff: the first restart waits RESTART_DELAY s, each quick crash doubles it up
+# to RESTART_MAX; a child that stayed up RESTART_RESET s starts from RESTART_DELAY again
+RESTART_DELAY = 0.5
+RESTART_MAX = 30.0
+RESTART_RESET = 30.0
 
 DEV_FLAGS = [
     Flag("state-dir", "MODBOT_DEV_DIR", ".modbot-dev", "where the databases and logs go"),
@@ -42,6 +51,13 @@ DEV_FLAGS = [
     Flag("redis", "MODBOT_DEV_REDIS", "", "use this Redis for the table cache"),
     Flag(
         "trickle", "MODBOT_DEV_TRICKLE", 1.0, "seconds between simulated messages (0: none)", float
+    ),
+    Flag(
+        "no-auth",
+        "MODBOT_DEV_NO_AUTH",
+        False,
+        "run the proxy without sign-in (default: sign in with Discord, played by the simulator)",
+        env_bool,
     ),
 ]
 
@@ -66,6 +82,9 @@ class DevStack:
         self.dir = Path(args.state_dir).resolve()
         self.ports = Ports.choose(args.base_port, args.pods)
         self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self.argv: dict[str, tuple[str, ...]] = {}
+        self.started_at: dict[str, float] = {}
+        self.stopping = False
         self.cli = str(Path(sys.executable).parent / "modbot-ring")
         self.env = {
             **os.environ,
@@ -73,8 +92,13 @@ class DevStack:
             "MODBOT_READ_TOKEN": os.environ.get("MODBOT_READ_TOKEN") or secrets.token_urlsafe(16),
             "MODBOT_INTERNAL_TOKEN": os.environ.get("MODBOT_INTERNAL_TOKEN")
             or secrets.token_urlsafe(16),
+            "MODBOT_MIGRATION_TOKEN": os.environ.get("MODBOT_MIGRATION_TOKEN")
+            or secrets.token_urlsafe(16),
             "DISCORD_TOKEN": "sim-token",
             "MODBOT_LOG_LEVEL": os.environ.get("MODBOT_LOG_LEVEL", "info"),
+            # sign-in: the simulator plays Discord's OAuth2; fresh secrets every run
+            "MODBOT_SIM_CLIENT_SECRET": secrets.token_urlsafe(16),
+            "MODBOT_SESSION_KEYS": secrets.token_urlsafe(32),
         }
         if args.redis:
             self.env["MODBOT_REDIS_URL"] = args.redis
@@ -84,9 +108,46 @@ class DevStack:
 
     async def spawn(self, name: str, *argv: str) -> None:
         log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 - the child keeps it
+        self.argv[name] = argv
+        self.started_at[name] = time.monotonic()
         self.procs[name] = await asyncio.create_subprocess_exec(
             self.cli, "serve", *argv, env=self.env, stdout=log, stderr=log, start_new_session=True
         )
+
+    async def supervise(self) -> None:
+        """Restart any child that exits, with backoff: what a crashed pod gets from
+        Kubernetes, so a local kill -9 drill behaves like production."""
+        delays = dict.fromkeys(self.procs, RESTART_DELAY)
+        waits = {asyncio.create_task(p.wait()): n for n, p in self.procs.items()}
+        try:
+            while waits and not self.stopping:
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    name = waits.pop(task)
+                    if self.stopping:
+                        return
+                    code = task.result()
+                    if time.monotonic() - self.started_at[name] >= RESTART_RESET:
+                        delays[name] = RESTART_DELAY
+                    delay = delays[name]
+                    delays[name] = min(delay * 2, RESTART_MAX)
+                    print(
+                        f"{name} exited with code {code}; restarting in {delay:.1f} s "
+                        f"(log: {self.dir / (name + '.log')})",
+                        flush=True,
+                    )
+                    waits[asyncio.create_task(self._restart(name, delay))] = name
+        finally:
+            for task in waits:
+                task.cancel()
+
+    async def _restart(self, name: str, delay: float) -> int:
+        """Wait ``delay``, start ``name`` again, then wait for it to exit."""
+        await asyncio.sleep(delay)
+        if self.stopping:
+            return 0
+        await self.spawn(name, *self.argv[name])
+        return await self.procs[name].wait()
 
     async def wait_ok(
         self, http: aiohttp.ClientSession, name: str, url: str, timeout: float = 60
@@ -120,6 +181,8 @@ class DevStack:
                 str(p.sim),
                 "--seed-guilds",
                 str(self.args.guilds),
+                "--max-concurrency",  # a large bot's: each local shard has its own bucket,
+                "16",  # so pods identify at once (Discord's small-bot default is 1)
             )
             await self.spawn(
                 "config",
@@ -155,6 +218,7 @@ class DevStack:
             await self.spawn(
                 "proxy",
                 "proxy",
+                *await self.auth_argv(http, sim),
                 "--port",
                 str(p.proxy),
                 "--config-url",
@@ -166,16 +230,50 @@ class DevStack:
             )
             for i, port in enumerate(p.pods):
                 await self.wait_ok(http, f"gateway-{i}", f"{self.url(port)}/readyz")
-            await self.wait_ok(http, "proxy", f"{self.url(p.proxy)}/readyz")
+            await self.wait_ok(http, "proxy", f"{self.url(self.admin_port)}/readyz")
             async with http.get(f"{self.url(p.sim)}/control/guilds") as r:
                 guilds = [g["id"] for g in (await r.json())["guilds"]]
             self.print_banner(guilds)
-            await self.trickle(http, guilds)
+            await asyncio.gather(self.supervise(), self.trickle(http, guilds))
+
+    @property
+    def admin_port(self) -> int:
+        """The proxy's health/metrics port: after the pods' ports, or 9080."""
+        return self.ports.pods[-1] + 1 if self.args.base_port and self.ports.pods else 9080
+
+    async def auth_argv(self, http: aiohttp.ClientSession, sim: dict[str, Any]) -> list[str]:
+        """The proxy's sign-in flags; the simulator gets users to sign in as: dev-admin
+        (Administrator in every guild) and dev-member (no rights: sees 403)."""
+        argv = ["--admin-port", str(self.admin_port)]
+        if self.args.no_auth:
+            return [*argv, "--no-auth", "true"]
+        async with http.get(f"{self.url(self.ports.sim)}/control/guilds") as r:
+            guilds = [g["id"] for g in (await r.json())["guilds"]]
+        for name, perms in (("dev-admin", 8), ("dev-member", 1024)):
+            body = {"username": name, "guilds": {g: {"permissions": perms} for g in guilds}}
+            async with http.post(
+                f"{self.url(self.ports.sim)}/control/oauth/users", data=json.dumps(body)
+            ) as r:
+                r.raise_for_status()
+        self.env["MODBOT_DISCORD_CLIENT_SECRET"] = self.env["MODBOT_SIM_CLIENT_SECRET"]
+        return [
+            *argv,
+            "--discord-client-id",
+            str(sim["application_id"]),
+            "--oauth-redirect-url",
+            f"{self.url(self.ports.proxy)}/oauth/callback",
+            "--discord-oauth-url",
+            f"{self.url(self.ports.sim)}/oauth2/authorize",
+        ]
 
     def print_banner(self, guilds: list[str]) -> None:
         p = self.ports
         lines = [
             "modbot-ring is up (Ctrl-C stops it)",
+            ""
+            if self.args.no_auth or not guilds
+            else f"  login         {self.url(p.proxy)}/login?next=/guild/{guilds[0]}/dashboard"
+            "  (pick dev-admin on the simulator's consent page)",
             f"  dashboard     {self.url(p.proxy)}/guild/{guilds[0]}/dashboard" if guilds else "",
             *(f"                {self.url(p.proxy)}/guild/{g}/dashboard" for g in guilds[1:3]),
             f"  proxy         {self.url(p.proxy)}  (POST /webhooks/discord, /api/guilds/...)",
@@ -208,6 +306,7 @@ class DevStack:
 
     async def down(self) -> None:
         """Stop in reverse dependency order: proxy, pods, then config service and simulator."""
+        self.stopping = True
         order = [
             "proxy",
             *sorted(n for n in self.procs if n.startswith("gateway-")),

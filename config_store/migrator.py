@@ -4,14 +4,21 @@ Each migration is a state machine persisted in the store, one step at a time:
 
 ``prepared``  the table lists the guild as migrating to the target: the target opens the
               guild's shard and *holds* its events; the proxy defers its interactions.
-``frozen``    the source stops writing the guild and holds its events too.
-``imported``  the source's rows are exported and imported on the target in one
+``frozen``    the bulk of the rows was pre-copied while the guild ran (from then on the
+              source tracks the messages it changes); the source stops writing the
+              guild and holds its events too.
+``imported``  the rows changed since the pre-copy (every row if the source restarted and
+              lost its tracker) are exported and imported on the target in one
               transaction, verified by row counts and a checksum on both ends.
 ``flipped``   new table version: the guild is pinned to the target with a bumped epoch
               (the fencing token every pod call carries; older epochs are refused).
-``replayed``  the target applies the source's and its own held events, deduplicated by
-              event identity and in time order, then writes live.
-``done``      the source deleted its copy; the guild leaves the migrating set.
+``replayed``  the target fetches the flip's table version (pushed with the call, not
+              awaited from pub/sub or a poll), applies the source's and its own held
+              events, deduplicated by event identity and in time order, then writes live.
+              The hold window (``hold_seconds``, per step in ``timings``) ends here.
+``done``      the source's buffer was replayed once more on the target (idempotent: it
+              covers whatever a target killed after its replay missed), then the source
+              deleted its copy; the guild leaves the migrating set.
 
 Every step is idempotent and retried with backoff while a pod is down, so a crash of
 the source, the target or the config service resumes where it stopped. ``cancel``
@@ -25,6 +32,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import time
 import uuid
@@ -32,14 +40,33 @@ from typing import Any
 
 import aiohttp
 
-from modbot_ring import PlanLimits, RoutingTable, plan_rebalance, shard_for
+from modbot_ring import (
+    NoRouteError,
+    PlanLimits,
+    PodState,
+    RoutingTable,
+    parse_guild_id,
+    plan_rebalance,
+    shard_for,
+)
 
 from .loads import collect
 from .publisher import TablePublisher
-from .store import Conflict, Invalid, MigrationStore, NotFound, Store, StoreError
+from .store import (
+    APPLICABLE_PLAN_STATES,
+    NEW_PLAN_STATES,
+    Conflict,
+    Invalid,
+    MigrationStore,
+    NotFound,
+    Store,
+    StoreError,
+)
 
 log = logging.getLogger("modbot.config.migrator")
 
+# What a plan's LOAD numbers are (printed by `plan`; /ops shows the balancer's events/s).
+LOAD_UNIT = "events/s (a guild a pod holds counts at least 1)"
 BEFORE_FLIP = ("prepared", "frozen", "imported")
 
 
@@ -62,13 +89,18 @@ class Migrator:
         store: Store,
         publisher: TablePublisher,
         *,
-        internal_token: str,
+        migration_token: str,
         step_delay: float = 0.0,
+        precopy: bool | None = None,
     ) -> None:
         self.store = store
+        # MODBOT_MIGRATION_PRECOPY=0: everything crosses inside the freeze (the benchmark's baseline)
+        self.precopy = (
+            os.environ.get("MODBOT_MIGRATION_PRECOPY", "1") != "0" if precopy is None else precopy
+        )
         self.migrations = MigrationStore(store)
         self.publisher = publisher
-        self.internal_token = internal_token
+        self.migration_token = migration_token  # the pods' migration API only
         self.step_delay = step_delay
         self.tasks: dict[int, asyncio.Task[str]] = {}
         self.plan_tasks: dict[str, asyncio.Task[None]] = {}
@@ -107,7 +139,7 @@ class Migrator:
     ) -> dict[str, Any]:
         table = await self._table()
         if target not in table.pods:
-            raise Conflict(f"cannot migrate to unknown pod {target!r}")
+            raise NotFound(f"cannot migrate to unknown pod {target!r}")
         source = table.owner(guild_id)
         migration = await self.migrations.start(guild_id, source, target, actor, plan_id)
         await self.publisher.refresh()
@@ -136,8 +168,14 @@ class Migrator:
 
     async def run(self, migration_id: int) -> str:
         """Drive one migration to ``done`` or ``rolled_back``; returns the final state."""
+        known: dict[str, Any] | None = None
         while True:
-            m = await self._retry(lambda: self.migrations.get(migration_id), "read migration")
+            # a step that recorded its outcome hands the record over: no re-read inside
+            # the freeze (only this coordinator moves a migration between those states)
+            m = known or await self._retry(
+                lambda: self.migrations.get(migration_id), "read migration"
+            )
+            known = None
             state = m["state"]
             if state in ("done", "rolled_back", "cancelled"):
                 return str(state)
@@ -146,81 +184,127 @@ class Migrator:
                 continue
             if self.step_delay:
                 await asyncio.sleep(self.step_delay)
-            await self._step(m)
+                if migration_id in self.cancelled and state in BEFORE_FLIP:
+                    continue  # cancelled meanwhile: roll back rather than take the step
+            known = await self._step(m)
 
-    async def _step(self, m: dict[str, Any]) -> None:
+    async def _advance(self, m: dict[str, Any], state: str, **detail: Any) -> dict[str, Any]:
+        """Record the next state (detail merged, as the store does); the record as it is now."""
+        await self.migrations.set_state(m["id"], state, **detail)
+        return {**m, "state": state, "detail": {**m["detail"], **detail}}
+
+    async def _step(self, m: dict[str, Any]) -> dict[str, Any] | None:
+        """One step of a move. ``timings`` (seconds per sub-step inside the freeze) and
+        ``hold_seconds`` go into the migration's detail: the benchmark reads them."""
         gid, epoch, state = int(m["guild_id"]), m["epoch"], m["state"]
         source, target = m["source"], m["target"]
+        detail = m["detail"]
+        timings = dict(detail.get("timings", {}))
         if state == "prepared":
             await self._until(
                 lambda: self._target_listening(target, gid),
                 f"target {target} to listen to guild {gid}",
             )
-            # pre-copy: the bulk of the rows moves while the guild still runs on the source
-            bulk = await self._pod(
-                source, "GET", f"/internal/guilds/{gid}/export?mode=precopy", raw=True
-            )
-            copied = await self._pod(
-                target, "POST", f"/internal/guilds/{gid}/import?epoch={epoch}", bulk
-            )
-            marks = json.loads(bulk)
+            marks: dict[str, Any] = {}
+            if self.precopy:
+                # pre-copy: the bulk of the rows moves while the guild still runs on the
+                # source, which from now on tracks the messages changed since the copy
+                bulk = await self._pod(
+                    source, "GET", f"/internal/guilds/{gid}/export?mode=precopy", raw=True
+                )
+                copied = await self._pod(
+                    target, "POST", f"/internal/guilds/{gid}/import?epoch={epoch}", bulk
+                )
+                exported = await asyncio.to_thread(json.loads, bulk)
+                marks = {"precopied": copied["counts"]["message_stats"]}
+                if exported.get("track"):
+                    marks["track"] = exported["track"]
+            frozen_at = time.time()
             await self._pod(source, "POST", f"/internal/guilds/{gid}/freeze", {"epoch": epoch})
-            await self.migrations.set_state(
-                m["id"],
+            return await self._advance(
+                m,
                 "frozen",
-                frozen_at=time.time(),
-                precopied=copied["counts"]["message_stats"],
-                # a minute of snowflake ids of margin for late, out-of-order deliveries
-                since_id=max(0, marks["max_message_id"] - (60_000 << 22)),
-                since_time=marks["snapshot_time"],
+                frozen_at=frozen_at,
+                timings={"freeze": round(time.time() - frozen_at, 4)},
+                **marks,
             )
         elif state == "frozen":
+            # only what changed since the pre-copy crosses inside the freeze (a source that
+            # restarted since has lost its tracker and answers with every row instead);
             # the export's bytes go to the target as they are: no decode/re-encode here
-            detail = m["detail"]
             query = "mode=full"
-            if "since_id" in detail:  # only what changed since the pre-copy
+            if detail.get("track"):
+                query = f"mode=delta&track={detail['track']}"
+            elif "since_id" in detail:  # a migration started before change tracking
                 query = (
                     f"mode=delta&since_id={detail['since_id']}&since_time={detail['since_time']}"
                 )
+            t0 = time.time()
             exported = await self._pod(
                 source, "GET", f"/internal/guilds/{gid}/export?{query}", raw=True
             )
+            t1 = time.time()
             result = await self._pod(
                 target, "POST", f"/internal/guilds/{gid}/import?epoch={epoch}", exported
             )
-            await self.migrations.set_state(
-                m["id"],
+            timings["delta_export"] = round(t1 - t0, 4)
+            timings["import"] = round(time.time() - t1, 4)
+            return await self._advance(
+                m,
                 "imported",
+                timings=timings,
+                delta_bytes=len(exported),
                 counts=result["totals"],
                 copied=result["counts"],
                 checksum=result["checksum"],
             )
         elif state == "imported":
+            t0 = time.time()
             version = await self._retry(lambda: self.migrations.flip(m["id"], "migrator"), "flip")
             await self.publisher.refresh()
-            await self.migrations.set_state(m["id"], "flipped", flip_version=version)
+            timings["flip"] = round(time.time() - t0, 4)
+            return await self._advance(m, "flipped", flip_version=version, timings=timings)
         elif state == "flipped":
-            flip_version = m["detail"].get("flip_version", 0)
-            await self._until(
-                lambda: self._pod_has_version(target, flip_version),
-                f"{target} to see table v{flip_version}",
-            )
+            flip_version = await self._flip_version(m)
+            t0 = time.time()
             held = await self._pod(source, "GET", f"/internal/guilds/{gid}/held")
+            t1 = time.time()
+            # the flip's version travels with the replay: the target fetches that table at
+            # once (no waiting for pub/sub or a poll, no polling of the target from here)
             result = await self._pod(
                 target,
                 "POST",
                 f"/internal/guilds/{gid}/replay",
-                {"epoch": epoch, "events": held["events"]},
+                {"epoch": epoch, "events": held["events"], "version": flip_version},
             )
-            frozen_at = m["detail"].get("frozen_at") or time.time()
-            await self.migrations.set_state(
-                m["id"],
+            frozen_at = detail.get("frozen_at") or time.time()
+            timings["held_fetch"] = round(t1 - t0, 4)
+            timings["propagation"] = float(result.get("table_wait", 0.0))  # inside the call
+            timings["replay"] = round(time.time() - t1 - timings["propagation"], 4)
+            return await self._advance(
+                m,
                 "replayed",
+                timings=timings,
                 replayed=result["applied"],
                 hold_seconds=round(time.time() - frozen_at, 4),
             )
         elif state == "replayed":
-            flip_version = m["detail"].get("flip_version", 0)
+            flip_version = await self._flip_version(m)
+            # Catch-up before the source's copy goes: the source has held every event of
+            # the guild since its freeze. If the target lost some after its replay (killed:
+            # its last batch, its downtime, the time until its shard was back), they are
+            # in that buffer. Once the target listens again, replaying the buffer once more
+            # is idempotent (message ids, dedup keys), and only then is it deleted.
+            await self._until(
+                lambda: self._target_has_shard(target, gid), f"target {target} to listen again"
+            )
+            held = await self._pod(source, "GET", f"/internal/guilds/{gid}/held")
+            await self._pod(
+                target,
+                "POST",
+                f"/internal/guilds/{gid}/replay",
+                {"epoch": epoch, "events": held["events"], "version": flip_version},
+            )
             await self._until(
                 lambda: self._pod_has_version(source, flip_version),
                 f"{source} to see table v{flip_version}",
@@ -229,8 +313,16 @@ class Migrator:
             await self._retry(lambda: self.migrations.close(m["id"], "done", "migrator"), "close")
             await self.publisher.refresh()
             log.info("migration %s done: guild %s %s -> %s", m["id"], gid, source, target)
-        else:
-            raise Invalid(f"migration {m['id']} in unknown state {state!r}")
+            return None
+        raise Invalid(f"migration {m['id']} in unknown state {state!r}")
+
+    async def _flip_version(self, m: dict[str, Any]) -> int:
+        """The table version of the flip; if the coordinator died between the flip and
+        recording it, the current version (newer, and it includes the flip)."""
+        version = m["detail"].get("flip_version")
+        if version:
+            return int(version)
+        return (await self._table()).version
 
     async def _roll_back(self, m: dict[str, Any]) -> None:
         """Undo a migration that has not flipped, in two resumable halves.
@@ -242,10 +334,12 @@ class Migrator:
         gid, epoch, target = int(m["guild_id"]), m["epoch"], m["target"]
         version = m["detail"].get("abort_version")
         if m["state"] != "aborted":
-            if m["state"] in ("frozen", "imported"):
-                await self._pod(
-                    m["source"], "POST", f"/internal/guilds/{gid}/unfreeze", {"epoch": epoch}
-                )
+            # ``prepared`` too: a coordinator that died between freezing the source and
+            # recording ``frozen`` left it frozen (unfreezing a live guild is a no-op, and
+            # it drops the pre-copy's change tracker)
+            await self._pod(
+                m["source"], "POST", f"/internal/guilds/{gid}/unfreeze", {"epoch": epoch}
+            )
             version = await self._retry(
                 lambda: self.migrations.close(m["id"], "aborted", "migrator"), "abort"
             )
@@ -303,7 +397,10 @@ class Migrator:
         frozen_shards: frozenset[int] = frozenset(),
         frozen_guilds: frozenset[int] = frozenset(),
         reason: str = "",
+        state: str = "draft",
     ) -> dict[str, Any]:
+        """A rebalance plan: ``draft`` for an operator's dry run, ``proposed`` for the
+        balancer's (the one advertised as waiting)."""
         table = await self._table()
         loads, shard_loads, sizes = await self.plan_inputs(table)
         hard = {int(p["guild_id"]) for p in await self.store.pins() if p["kind"] == "hard"}
@@ -326,9 +423,10 @@ class Migrator:
         }
         if reason:
             body["reason"] = reason
+        body["load_unit"] = LOAD_UNIT
         plan_id = f"plan-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         body["id"] = plan_id
-        await self.migrations.save_plan(plan_id, body, table.version, actor)
+        await self.migrations.save_plan(plan_id, body, table.version, actor, state)
         return body
 
     async def restore_plan(self, assignment: dict[str, Any], actor: str) -> dict[str, Any]:
@@ -386,13 +484,18 @@ class Migrator:
     async def apply_plan(self, plan_id: str, concurrency: int, actor: str) -> None:
         record = await self.migrations.plan(plan_id)
         table = await self._table()
-        if record["base_version"] != table.version:
+        # the plan's own moves bump the version too (an interrupted plan resumes past
+        # them): only someone else's change since the plan was made makes it stale
+        foreign = await self.migrations.foreign_changes(plan_id, record["base_version"])
+        if foreign:
+            first = foreign[0]
+            with contextlib.suppress(Conflict):
+                await self.migrations.set_plan_state(plan_id, "expired", expect=NEW_PLAN_STATES)
             raise Conflict(
-                f"plan {plan_id} was made against table v{record['base_version']}, the table is at v{table.version}: regenerate it"
+                f"plan {plan_id} was made against table v{record['base_version']}, the table is at v{table.version}"
+                f" (v{first['version']}: {first['action']} by {first['actor']}): regenerate it"
             )
-        await self.migrations.set_plan_state(
-            plan_id, "executing", expect=("proposed", "interrupted")
-        )
+        await self.migrations.set_plan_state(plan_id, "executing", expect=APPLICABLE_PLAN_STATES)
         task = asyncio.create_task(
             self._execute(plan_id, record["plan"]["moves"], max(1, concurrency), actor)
         )
@@ -409,6 +512,10 @@ class Migrator:
                     return
                 if move["kind"] == "guild":
                     await self._move_guild(int(move["id"]), move["to"], actor, plan_id)
+                elif move["kind"] == "repair":
+                    await self._repair_guild(
+                        int(move["id"]), move["from"], move["to"], actor, plan_id
+                    )
                 else:
                     await self._move_shard(
                         int(move["id"]), move["from"], move["to"], actor, plan_id
@@ -423,6 +530,11 @@ class Migrator:
         await self._retry(lambda: self.migrations.set_plan_state(plan_id, final), "plan state")
 
     async def _move_guild(self, gid: int, target: str, actor: str, plan_id: str) -> None:
+        """Idempotent: a guild already on ``target`` is done; a migration of it already
+        under way (a resumed plan's move, picked up at start) is waited for."""
+        for running in await self.migrations.list(open_only=True):
+            if running["guild_id"] == str(gid):
+                await self.wait(running["id"])
         table = await self._table()
         if table.owner(gid) == target:
             return
@@ -438,6 +550,8 @@ class Migrator:
         count = table.shard_count
         if count is None:
             raise Invalid("shard moves need a shard-keyed table")
+        if table.shard_owner(shard) == target:
+            return  # done before (a resumed plan)
         held = await self._pod(source, "GET", "/internal/guilds")
         guilds = [
             int(g)
@@ -448,10 +562,195 @@ class Migrator:
             if plan_id in self.cancelled_plans:
                 return
             await self._move_guild(gid, target, actor, plan_id)
+        table = await self._table()
+        # every guild of the shard carried over by a pin (this run's and an interrupted
+        # run's): the shard assignment makes those pins redundant
+        carried = [g for g, p in table.pins.items() if p == target and shard_for(g, count) == shard]
         await self._retry(
-            lambda: self.migrations.set_shard_pin(shard, target, guilds, actor), "shard pin"
+            lambda: self.migrations.set_shard_pin(shard, target, carried, actor, plan_id),
+            "shard pin",
         )
         await self.publisher.refresh()
+
+    # -- drain and repair ------------------------------------------------------------------------
+
+    async def drain(self, pod: str, actor: str, expected_version: int | None = None) -> int:
+        """Stop placing ring load on ``pod`` without moving anything: in the same table
+        version every shard is pinned where it is (as when a pod joins), and on a
+        guild-keyed ring the guilds ``pod`` holds are pinned to it. Its data leaves only
+        through a plan (``drain_plan``); ``activate`` undoes the drain."""
+        for _ in range(5):  # the table may move between reading it and the change
+            table = await self._table()
+            if pod not in table.pods:
+                raise NotFound(f"no pod named {pod!r}")
+            if expected_version is not None and expected_version != table.version:
+                raise Conflict(
+                    f"the table is at version {table.version}, not {expected_version}: re-read and retry"
+                )
+            shards: dict[int, str] = {}
+            guilds: list[int] = []
+            if table.shard_count:
+                shards = {
+                    s: o
+                    for s in range(table.shard_count)
+                    if (o := table.shard_owner(s)) is not None
+                }
+            elif table.pods[pod].state is not PodState.DRAINING:
+                try:
+                    held = await self._pod(pod, "GET", "/internal/guilds", retry=False)
+                except (PodCallError, aiohttp.ClientError, TimeoutError, Invalid) as exc:
+                    raise Conflict(
+                        f"cannot drain {pod}: it did not list the guilds it holds ({exc}); "
+                        "on a guild-keyed ring they would be stranded"
+                    ) from None
+                guilds = [
+                    int(g)
+                    for g in held["guilds"]
+                    if table.owner(int(g)) == pod and int(g) not in table.pins
+                ]
+            try:
+                version = await self.migrations.drain_pod(
+                    pod, shards, guilds, actor, expected_version=table.version
+                )
+            except Conflict:
+                if expected_version is not None:
+                    raise
+                continue
+            await self.publisher.refresh()
+            return version
+        raise Conflict(f"the table kept changing while draining {pod}: try again")
+
+    async def drain_plan(self, pod: str, actor: str) -> dict[str, Any]:
+        """The plan that empties a draining pod: each of its shards and each guild pinned
+        to it goes to the active pod with the least load per weight at that point
+        (heaviest first). Quiet shards move too: an empty pod holds no sessions."""
+        table = await self._table()
+        if pod not in table.pods:
+            raise NotFound(f"no pod named {pod!r}")
+        if table.pods[pod].state is not PodState.DRAINING:
+            raise Conflict(f"pod {pod} is not draining: run `modbot-ring drain {pod}` first")
+        active = {n: p.weight for n, p in table.pods.items() if p.state is PodState.ACTIVE}
+        if not active:
+            raise Conflict(f"no active pod to move {pod}'s data to")
+        loads, shard_loads, _ = await self.plan_inputs(table)
+        count = table.shard_count
+        load = dict.fromkeys(table.pods, 0.0)
+        unit_load: dict[tuple[str, int], float] = {}
+        mine = {s for s in range(count or 0) if table.shard_owner(s) == pod}  # shards it owns
+        for gid, value in loads.items():
+            owner = table.owner(gid)
+            load[owner] = load.get(owner, 0.0) + value
+            if owner != pod:
+                continue
+            if count and gid not in table.pins:
+                key = ("shard", shard_for(gid, count))
+            elif count and table.pins.get(gid) == pod and shard_for(gid, count) in mine:
+                key = ("shard", shard_for(gid, count))  # travels with its shard
+            else:
+                key = ("guild", gid)
+            unit_load[key] = unit_load.get(key, 0.0) + value
+        for shard, value in shard_loads.items():
+            shard_owner = table.shard_owner(shard) if count else None
+            if shard_owner is not None:
+                load[shard_owner] = load.get(shard_owner, 0.0) + value
+            if shard_owner == pod:
+                unit_load[("shard", shard)] = unit_load.get(("shard", shard), 0.0) + value
+        for shard in range(count or 0):
+            if table.shard_owner(shard) == pod:
+                unit_load.setdefault(("shard", shard), 0.0)
+        for gid, owner in table.pins.items():
+            if owner == pod and not (count and shard_for(gid, count) in mine):
+                unit_load.setdefault(("guild", gid), 0.0)
+        moves: list[dict[str, Any]] = []
+        for (kind, uid), value in sorted(unit_load.items(), key=lambda kv: (-kv[1], kv[0])):
+            target = min(active, key=lambda p: ((load[p] + max(value, 1.0)) / active[p], p))
+            load[target] += max(value, 1.0)
+            moves.append({"kind": kind, "id": str(uid), "from": pod, "to": target, "load": value})
+        plan_id = f"drain-{pod}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        body = {
+            "format": 1,
+            "id": plan_id,
+            "base_version": table.version,
+            "drain": pod,
+            "load_unit": LOAD_UNIT,
+            "moves": moves,
+            "unfixable": [],
+            "current_assignment": {
+                "shards": {str(s): table.shard_owner(s) for s in range(count)} if count else {},
+                "pins": {str(g): p for g, p in table.pins.items()},
+            },
+        }
+        await self.migrations.save_plan(plan_id, body, table.version, actor, "proposed")
+        return body
+
+    async def repair_plan(self, actor: str) -> dict[str, Any]:
+        """A plan that carries stranded rows (a pod holding rows of a guild it does not
+        own, no migration under way) to the guild's owner, through the migration path.
+        Only when the owner holds none of the guild's rows: two copies would need a
+        merge, and an import replaces; those are listed as ``unfixable``."""
+        table = await self._table()
+        if await self.migrations.list(open_only=True):
+            raise Conflict("migrations are under way: repair once they have finished")
+        holders: dict[int, list[str]] = {}
+        held_by: dict[str, set[int]] = {}
+        unfixable: list[str] = []
+        for record in await self.store.pods():
+            try:
+                held = await self._pod(record.name, "GET", "/internal/guilds", retry=False)
+            except (PodCallError, aiohttp.ClientError, TimeoutError, Invalid) as exc:
+                unfixable.append(f"pod {record.name} did not answer: {exc}")
+                continue
+            held_by[record.name] = {int(g) for g in held["guilds"]}
+            for g in held_by[record.name]:
+                holders.setdefault(g, []).append(record.name)
+        moves: list[dict[str, Any]] = []
+        for gid, pods in sorted(holders.items()):
+            owner = table.owner(gid)
+            stray = [p for p in pods if p != owner]
+            if not stray:
+                continue
+            if gid in held_by.get(owner, set()) or len(stray) > 1:
+                unfixable.append(
+                    f"guild {gid}: rows on {', '.join(sorted(pods))}; owner {owner} "
+                    "holds rows too (or several pods do): merge them by hand"
+                )
+                continue
+            if table.pods[owner].state is not PodState.ACTIVE:
+                unfixable.append(f"guild {gid}: its owner {owner} is not active")
+                continue
+            moves.append(
+                {"kind": "repair", "id": str(gid), "from": stray[0], "to": owner, "load": 0.0}
+            )
+        plan_id = f"repair-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        body = {
+            "format": 1,
+            "id": plan_id,
+            "base_version": table.version,
+            "repair": True,
+            "moves": moves,
+            "unfixable": unfixable,
+        }
+        await self.migrations.save_plan(plan_id, body, table.version, actor)
+        return body
+
+    async def _repair_guild(
+        self, gid: int, holder: str, owner: str, actor: str, plan_id: str
+    ) -> None:
+        """Route the guild to the pod holding its rows, then migrate it to its owner."""
+        table = await self._table()
+        if table.owner(gid) == owner:
+            held = await self._pod(owner, "GET", "/internal/guilds")
+            if str(gid) in held["guilds"]:
+                log.warning("repair of guild %s skipped: %s holds rows of it now", gid, owner)
+                return
+            await self._retry(
+                lambda: self.migrations.pin_to_holder(gid, holder, actor, plan_id), "repair pin"
+            )
+            await self.publisher.refresh()
+        elif table.owner(gid) != holder:
+            log.warning("repair of guild %s skipped: it moved to %s", gid, table.owner(gid))
+            return
+        await self._move_guild(gid, owner, actor, plan_id)
 
     async def cancel_plan(self, plan_id: str) -> None:
         await self.migrations.plan(plan_id)
@@ -470,17 +769,27 @@ class Migrator:
             problems.append(
                 f"migration {migration['id']} of guild {migration['guild_id']} is {migration['state']}"
             )
+        for plan in await self.migrations.plans_in_state(("interrupted",)):
+            # its remaining moves never ran: not clean until `apply` resumes it
+            problems.append(f"plan {plan['id']} is interrupted: modbot-ring apply {plan['id']}")
         pods: dict[str, int] = {}
         for record in await self.store.pods():
             try:
                 held = await self._pod(record.name, "GET", "/internal/guilds", retry=False)
-            except (PodCallError, aiohttp.ClientError, TimeoutError) as exc:
+                guilds = [parse_guild_id(g) for g in held["guilds"]]
+            except (PodCallError, Invalid, aiohttp.ClientError, TimeoutError) as exc:
                 problems.append(f"pod {record.name} did not answer: {exc}")
                 continue
-            pods[record.name] = len(held["guilds"])
-            for g in held["guilds"]:
-                owner = table.owner(int(g))
-                if owner != record.name and int(g) not in table.migrating:
+            except (ValueError, TypeError, KeyError) as exc:  # a peer's odd answer: a finding
+                problems.append(f"pod {record.name} answered nonsense: {exc!r:.200}")
+                continue
+            pods[record.name] = len(guilds)
+            for g in guilds:
+                try:
+                    owner: str | None = table.owner(g)
+                except NoRouteError:
+                    owner = None
+                if owner != record.name and g not in table.migrating:
                     problems.append(
                         f"pod {record.name} holds rows of guild {g}, which {owner} owns"
                     )
@@ -528,7 +837,7 @@ class Migrator:
                     json=None if isinstance(body, bytes) else body,
                     data=body if isinstance(body, bytes) else None,
                     headers={
-                        "Authorization": f"Bearer {self.internal_token}",
+                        "Authorization": f"Bearer {self.migration_token}",
                         "Content-Type": "application/json",
                     },
                     timeout=aiohttp.ClientTimeout(total=120 if retry else 2, sock_connect=2),
@@ -568,6 +877,10 @@ class Migrator:
     async def _target_listening(self, target: str, gid: int) -> bool:
         status = await self._pod(target, "GET", f"/internal/guilds/{gid}")
         return bool(status["holding"] and status["shard_ready"])
+
+    async def _target_has_shard(self, target: str, gid: int) -> bool:
+        status = await self._pod(target, "GET", f"/internal/guilds/{gid}")
+        return bool(status["shard_ready"])
 
     async def _pod_has_version(self, pod: str, version: int) -> bool:
         status = await self._pod(pod, "GET", "/internal/table")

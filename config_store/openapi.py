@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from modbot_ring.hashring import MAX_WEIGHT
+
 _ERROR = {
     "description": "error",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
@@ -16,8 +18,10 @@ _GUILD = {
     "name": "guild_id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,19}$"},
+    "schema": {"type": "string", "pattern": "^[1-9][0-9]{0,18}$"},
+    "description": "a guild id (snowflake) in 1 .. 2**63-1: every store is signed 64-bit",
 }
+_UINT = {"type": "integer", "minimum": 0, "maximum": 2**63 - 1}
 _POD = {
     "name": "name",
     "in": "path",
@@ -28,7 +32,7 @@ _IF_MATCH = {
     "name": "If-Match",
     "in": "header",
     "required": False,
-    "schema": {"type": "string"},
+    "schema": {"type": "string", "pattern": '^(W/)?"?[0-9]{1,19}"?$'},
     "description": 'compare-and-set: the table version you read, e.g. "42"; 409 if it moved on',
 }
 _READ = [{"bearer": []}]
@@ -57,6 +61,10 @@ def _op(
     }
     if params:
         op["parameters"] = params
+        if any(p["in"] == "path" for p in params):  # the named pod, pin, plan... may not exist
+            op["responses"].setdefault("404", _ERROR)
+    if admin:  # every write can meet a conflicting state (another change, a running plan)
+        op["responses"].setdefault("409", _ERROR)
     if body:
         op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
         op["responses"]["413"] = _ERROR
@@ -133,8 +141,13 @@ OPENAPI: dict[str, Any] = {
                 params=[_POD],
                 body=_obj(
                     {
-                        "url": {"type": ["string", "null"]},
-                        "weight": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000},
+                        "url": {
+                            "type": ["string", "null"],
+                            "maxLength": 2048,
+                            "pattern": "^https?://[^/?#@\\s]+(/[^?#\\s]*)?$",
+                            "description": "http(s)://host[:port][/path]: no credentials, query, fragment or whitespace",
+                        },
+                        "weight": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_WEIGHT},
                     }
                 ),
                 ok=_VERSION,
@@ -180,8 +193,18 @@ OPENAPI: dict[str, Any] = {
                 "pins, ascending by guild id",
                 params=[
                     {"name": "pod", "in": "query", "schema": {"type": "string"}},
-                    {"name": "limit", "in": "query", "schema": {"type": "integer"}},
-                    {"name": "after", "in": "query", "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": _UINT,
+                        "description": "at most 10,000 (larger values are capped)",
+                    },
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "schema": _UINT,
+                        "description": "guild id cursor",
+                    },
                 ],
             )
         },
@@ -241,9 +264,9 @@ OPENAPI: dict[str, Any] = {
                     {
                         "name": "limit",
                         "in": "query",
-                        "schema": {"type": "integer", "maximum": 1000},
+                        "schema": {"type": "integer", "minimum": 0, "maximum": 1000},
                     },
-                    {"name": "before", "in": "query", "schema": {"type": "integer"}},
+                    {"name": "before", "in": "query", "schema": _UINT},
                 ],
             )
         },
@@ -262,9 +285,7 @@ OPENAPI: dict[str, Any] = {
         "/v1/migrations/{id}": {
             "get": _op(
                 "one migration and its state",
-                params=[
-                    {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
-                ],
+                params=[{"name": "id", "in": "path", "required": True, "schema": _UINT}],
                 extra={"404": _ERROR},
             )
         },
@@ -272,9 +293,7 @@ OPENAPI: dict[str, Any] = {
             "post": _op(
                 "roll back a migration that has not flipped yet",
                 admin=True,
-                params=[
-                    {"name": "id", "in": "path", "required": True, "schema": {"type": "integer"}}
-                ],
+                params=[{"name": "id", "in": "path", "required": True, "schema": _UINT}],
                 extra={"409": _ERROR},
             )
         },
@@ -290,11 +309,33 @@ OPENAPI: dict[str, Any] = {
                         "restore": {
                             "type": "object",
                             "description": "a saved current_assignment: plan the moves back to it",
+                            "additionalProperties": False,
+                            "properties": {
+                                "shards": {
+                                    "type": "object",
+                                    "propertyNames": {"pattern": "^[0-9]{1,19}$"},
+                                    "additionalProperties": {"type": ["string", "null"]},
+                                },
+                                "pins": {
+                                    "type": "object",
+                                    "propertyNames": {"pattern": "^[1-9][0-9]{0,18}$"},
+                                    "additionalProperties": {"type": "string"},
+                                },
+                            },
+                        },
+                        "drain": {
+                            "type": "string",
+                            "description": "a draining pod: plan the moves that empty it",
+                        },
+                        "repair": {
+                            "type": "boolean",
+                            "description": "plan moves that carry stranded rows to their owners",
                         },
                     }
                 ),
                 extra={
-                    "201": {"description": "the plan, with the current assignment for rollback"}
+                    "201": {"description": "the plan, with the current assignment for rollback"},
+                    "404": _ERROR,  # drain: no such pod
                 },
             ),
         },

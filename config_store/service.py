@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from modbot_ring import BalancePolicy
 
@@ -45,13 +45,13 @@ def build_app(
     redis_prefix: str = "modbot",
     heartbeat_timeout: float = 15.0,
     poll_interval: float = 1.0,
-    internal_token: str = "",
+    migration_token: str = "",
     migration_step_delay: float = 0.0,
     balance: BalancerSettings | None = None,
 ) -> web.Application:
     """The app, ready for an AppRunner; starts its background tasks on startup."""
     registry = CollectorRegistry()
-    metrics = ApiMetrics(registry)
+    metrics = ApiMetrics(registry, redis=bool(redis_url))
     publisher = TablePublisher(
         store, redis_url=redis_url, redis_prefix=redis_prefix, poll_interval=poll_interval
     )
@@ -63,9 +63,19 @@ def build_app(
     app[METRICS_KEY] = metrics
     app[SETTINGS_KEY] = {"admin_token": admin_token, "read_token": read_token}
     migrator = Migrator(
-        store, publisher, internal_token=internal_token, step_delay=migration_step_delay
+        store, publisher, migration_token=migration_token, step_delay=migration_step_delay
     )
     app[MIGRATOR_KEY] = migrator
+    Gauge(
+        "modbot_config_migrations_running",
+        "Guild migrations this replica is driving right now.",
+        registry=registry,
+    ).set_function(lambda: float(sum(not t.done() for t in migrator.tasks.values())))
+    Gauge(
+        "modbot_config_plans_executing",
+        "Plans whose moves this replica is executing right now.",
+        registry=registry,
+    ).set_function(lambda: float(sum(not t.done() for t in migrator.plan_tasks.values())))
     balancer = Balancer(
         store, migrator, publisher, balance or BalancerSettings(mode="off"), registry
     )
@@ -90,7 +100,7 @@ def build_app(
             details["version"] = publisher.snapshot.version
         return True, details
 
-    add_health_routes(app, registry, ready)
+    add_health_routes(app, registry, ready, component="config")
 
     async def sweep_offline() -> None:
         while True:
@@ -113,7 +123,8 @@ def build_app(
                     counts[pod.state.value] += 1
                 for state, n in counts.items():
                     metrics.pods.labels(state).set(n)
-            metrics.redis_up.set(1 if publisher.redis_ok else 0)
+            if metrics.redis_up is not None:
+                metrics.redis_up.set(1 if publisher.redis_ok else 0)
             await asyncio.sleep(1.0)
 
     async def lifecycle(app: web.Application) -> Any:
@@ -151,7 +162,7 @@ async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None)
         redis_url=args.redis_url,
         redis_prefix=args.redis_prefix,
         heartbeat_timeout=args.heartbeat_timeout,
-        internal_token=args.internal_token,
+        migration_token=args.migration_token,
         migration_step_delay=args.migration_step_delay,
         balance=balancer_settings(args),
     )

@@ -39,10 +39,10 @@ SERVE_FLAGS = [
         int,
     ),
     Flag(
-        "internal-token",
-        "MODBOT_INTERNAL_TOKEN",
+        "migration-token",
+        "MODBOT_MIGRATION_TOKEN",
         "",
-        "bearer token for the pods' internal API (migrations)",
+        "token sent to the pods' migration API (export, import, verify); not the proxy's forwarding token",
         secret=True,
     ),
     Flag(

@@ -14,7 +14,15 @@ SIM_FLAGS = [Flag("sim-url", "MODBOT_SIM_URL", "http://127.0.0.1:8790", "the sim
 
 
 class SimError(Exception):
-    pass
+    """One line for the operator; ``code`` is the CLI's exit code (2 usage, 3 not found,
+    4 conflict, 5 unreachable, 1 anything else)."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+_HTTP_EXIT = {400: 2, 404: 3, 409: 4, 422: 2, 502: 5, 503: 5, 504: 5}
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) -> Any:
@@ -30,10 +38,15 @@ def _call(args: argparse.Namespace, method: str, path: str, body: Any = None) ->
             return json.loads(r.read())
     except urllib.error.HTTPError as exc:
         raise SimError(
-            f"simulator answered {exc.code}: {exc.read().decode(errors='replace')[:200]}"
+            f"simulator answered {exc.code}: {exc.read().decode(errors='replace')[:200]}",
+            _HTTP_EXIT.get(exc.code, 1),
         ) from None
     except urllib.error.URLError as exc:
-        raise SimError(f"cannot reach the simulator at {args.sim_url}: {exc.reason}") from None
+        raise SimError(f"cannot reach the simulator at {args.sim_url}: {exc.reason}", 5) from None
+    except (TimeoutError, ConnectionError) as exc:
+        raise SimError(f"the simulator at {args.sim_url} did not answer: {exc}", 5) from None
+    except ValueError as exc:  # a URL that is not one
+        raise SimError(f"--sim-url {args.sim_url!r}: {exc}", 2) from None
 
 
 def add_sim_commands(sub: Any, handler: Any) -> None:
@@ -99,7 +112,7 @@ def add_sim_commands(sub: Any, handler: Any) -> None:
                 "guild_id": a.guild,
                 "command": a.command,
                 "kind": a.kind,
-                "options": json.loads(a.options),
+                "options": _json_option(a.options),
             },
         ),
     )
@@ -126,3 +139,37 @@ def add_sim_commands(sub: Any, handler: Any) -> None:
         "disconnect every gateway session (clients RESUME)",
         lambda a: _call(a, "POST", "/control/sessions/drop"),
     )
+    # sign-in users for the simulator's OAuth2 (gateway_app/discord_sim/oauth.py)
+    p = command(
+        "user",
+        "create or replace a user who can sign in, with permissions per guild",
+        lambda a: _call(a, "POST", "/control/oauth/users", _user_body(a)),
+    )
+    p.add_argument("username")
+    p.add_argument("--id", default=None, help="user id (default: a new snowflake)")
+    p.add_argument(
+        "--guild",
+        action="append",
+        default=[],
+        metavar="ID:PERMISSIONS[:ROLE,ROLE]",
+        help="a guild the user is in, e.g. 123:32 (Manage Server) or 123:0:456 (role 456)",
+    )
+    command("users", "users who can sign in", lambda a: _call(a, "GET", "/control/oauth/users"))
+
+
+def _json_option(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise SimError(f"--options is not JSON: {text[:80]!r}") from None
+
+
+def _user_body(args: argparse.Namespace) -> dict[str, Any]:
+    guilds: dict[str, Any] = {}
+    for spec in args.guild:
+        parts = spec.split(":")
+        if len(parts) not in (2, 3) or not parts[0].isdigit() or not parts[1].isdigit():
+            raise SimError(f"--guild {spec!r}: expected ID:PERMISSIONS[:ROLE,ROLE]")
+        roles = [r for r in (parts[2].split(",") if len(parts) == 3 else []) if r]
+        guilds[parts[0]] = {"permissions": parts[1], "roles": roles}
+    return {"id": args.id, "username": args.username, "guilds": guilds}

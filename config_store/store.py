@@ -8,6 +8,8 @@ then audited in a transaction of its own, so the log holds every attempt's outco
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import re
 import time
@@ -36,6 +38,11 @@ __all__ = [
 MIGRATIONS = Path(__file__).with_name("migrations")
 POD_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,61}[a-z0-9])?$")
 MAX_REASON = 500
+# Plan lifecycle (README, Operations): draft | proposed -> executing (applying; interrupted
+# when the service stopped under it) -> done | failed | cancelled; draft | proposed ->
+# expired (someone else changed the table first); empty: the balancer found nothing to move.
+NEW_PLAN_STATES: tuple[str, ...] = ("draft", "proposed")
+APPLICABLE_PLAN_STATES: tuple[str, ...] = ("draft", "proposed", "interrupted")
 
 
 class StoreError(Exception):
@@ -108,7 +115,11 @@ async def open_store(url: str, *, schema: str = "", migrate: bool = True) -> Sto
         raise Invalid(str(exc)) from None
     store = Store(db, channel=f"modbot_table_{schema}" if schema else "modbot_table")
     if migrate:
-        await store.migrate()
+        try:
+            await store.migrate()
+        except StoreError:
+            await store.close()  # no reconnect probe left running behind the error
+            raise
     return store
 
 
@@ -203,7 +214,9 @@ class Store:
         except DatabaseUnavailable as exc:
             raise StoreUnavailable(f"database unavailable: {exc}") from None
         version, shard_count, algorithm = row
-        return RoutingTable(
+        # the build (ring + pins) is CPU work: a worker thread, never the event loop
+        return await asyncio.to_thread(
+            RoutingTable,
             [Pod(p.name, p.table_state, p.weight, p.url) for p in pods],
             version=int(version),
             shard_count=shard_count,
@@ -275,8 +288,10 @@ class Store:
         detail: dict[str, Any],
         apply: Callable[[Tx], Awaitable[bool]],
         expected_version: int | None = None,
+        plan_id: str | None = None,
     ) -> int:
-        """Run ``apply`` in a version-bumping transaction; it returns False for a no-op."""
+        """Run ``apply`` in a version-bumping transaction; it returns False for a no-op.
+        With ``plan_id`` the new version is recorded as that plan's own."""
         try:
             async with self.db.transaction() as tx:
                 row = await tx.fetchone("SELECT version FROM ring_state WHERE id = 1 FOR UPDATE")
@@ -297,6 +312,11 @@ class Store:
                     "INSERT INTO table_versions (version, created_at, actor, action) VALUES (%s, %s, %s, %s)",
                     (new, now, actor, action),
                 )
+                if plan_id is not None:
+                    await tx.execute(
+                        "INSERT INTO plan_versions (version, plan_id) VALUES (%s, %s)",
+                        (new, plan_id),
+                    )
                 await tx.execute(
                     "INSERT INTO audit_log (at, actor, action, outcome, version, detail) VALUES (%s, %s, %s, %s, %s, %s)",
                     (now, actor, action, "ok", new, json.dumps(detail, sort_keys=True)),
@@ -384,16 +404,26 @@ class Store:
         return state, version
 
     async def mark_offline(self, timeout: float) -> list[str]:
-        """Mark pods whose last heartbeat is older than ``timeout`` seconds offline."""
+        """Mark pods offline that missed ``timeout`` seconds of heartbeats *while the
+        database was reachable*: heartbeats that failed because the database was down
+        are not the pod's fault. Nothing is marked within ``timeout`` seconds of the end
+        of an outage (or of this process's start), so every pod gets a full period to
+        heartbeat again before it is judged."""
         stale: list[str] = []
+        health = self.db.health
 
         async def apply(tx: Tx) -> bool:
-            cutoff = time.time() - timeout
+            now = time.time()
+            if now - health.restored_at < timeout:
+                return False
             rows = await tx.fetchall(
-                "SELECT name FROM pods WHERE online = %s AND (last_heartbeat IS NULL OR last_heartbeat < %s)",
-                (True, cutoff),
+                "SELECT name, last_heartbeat FROM pods WHERE online = %s AND (last_heartbeat IS NULL OR last_heartbeat < %s)",
+                (True, now - timeout),
             )
-            stale.extend(r[0] for r in rows)
+            for name, beat in rows:
+                since = health.started if beat is None else max(float(beat), health.started)
+                if now - since - health.unreachable_between(since, now) >= timeout:
+                    stale.append(name)
             for name in stale:
                 await tx.execute("UPDATE pods SET online = %s WHERE name = %s", (False, name))
             return bool(stale)
@@ -459,7 +489,7 @@ class Store:
             for pod in sorted(targets):
                 row = await tx.fetchone("SELECT state, online FROM pods WHERE name = %s", (pod,))
                 if row is None:
-                    raise Conflict(f"cannot pin to unknown pod {pod!r}")
+                    raise NotFound(f"cannot pin to unknown pod {pod!r}")
                 if not row[1]:
                     raise Conflict(f"cannot pin to pod {pod!r}: it is offline")
                 if row[0] == "draining":
@@ -571,7 +601,7 @@ class MigrationStore:
         async def apply(tx: Tx) -> bool:
             row = await tx.fetchone("SELECT state, online FROM pods WHERE name = %s", (target,))
             if row is None:
-                raise Conflict(f"cannot migrate to unknown pod {target!r}")
+                raise NotFound(f"cannot migrate to unknown pod {target!r}")
             if row[0] != "active" or not row[1]:
                 raise Conflict(
                     f"cannot migrate to pod {target!r}: it is {'draining' if row[1] else 'offline'}"
@@ -600,7 +630,9 @@ class MigrationStore:
             return True
 
         detail = {"guild_id": str(guild_id), "from": source, "to": target, "plan": plan_id}
-        created["version"] = await self.store._change("migration.start", actor, detail, apply)
+        created["version"] = await self.store._change(
+            "migration.start", actor, detail, apply, plan_id=plan_id
+        )
         return created
 
     async def get(self, migration_id: int) -> dict[str, Any]:
@@ -673,19 +705,32 @@ class MigrationStore:
                 "to": migration["target"],
             },
             apply,
+            plan_id=migration["plan_id"],
         )
 
     async def close(self, migration_id: int, state: str, actor: str, **detail: Any) -> int:
         await self.set_state(migration_id, state, **detail)
+        plan_id = (await self.get(migration_id))["plan_id"]
 
         async def apply(tx: Tx) -> bool:
             return True  # the new version drops the guild from the table's migrating set
 
         return await self.store._change(
-            f"migration.{state}", actor, {"migration": migration_id, **detail}, apply
+            f"migration.{state}",
+            actor,
+            {"migration": migration_id, **detail},
+            apply,
+            plan_id=plan_id,
         )
 
-    async def set_shard_pin(self, shard: int, pod: str, unpin_guilds: list[int], actor: str) -> int:
+    async def set_shard_pin(
+        self,
+        shard: int,
+        pod: str,
+        unpin_guilds: list[int],
+        actor: str,
+        plan_id: str | None = None,
+    ) -> int:
         """A shard move's last step: the shard is assigned to ``pod`` and the guild pins
         that carried its guilds over become redundant."""
 
@@ -703,7 +748,11 @@ class MigrationStore:
             return True
 
         return await self.store._change(
-            "shard.assign", actor, {"shard": shard, "pod": pod, "guilds": len(unpin_guilds)}, apply
+            "shard.assign",
+            actor,
+            {"shard": shard, "pod": pod, "guilds": len(unpin_guilds)},
+            apply,
+            plan_id=plan_id,
         )
 
     async def hold_shards(self, assignment: dict[int, str], actor: str) -> int:
@@ -720,16 +769,79 @@ class MigrationStore:
 
         return await self.store._change("shard.hold", actor, {"shards": len(assignment)}, apply)
 
+    async def drain_pod(
+        self,
+        pod: str,
+        shards: dict[int, str],
+        guilds: list[int],
+        actor: str,
+        expected_version: int,
+    ) -> int:
+        """``pod`` becomes draining in the same version that pins ``shards`` where they
+        are and soft-pins ``guilds`` (the ones it holds on a guild-keyed ring) to it: no
+        new ring placement for it, but nothing it holds moves until a plan moves the data."""
+
+        async def apply(tx: Tx) -> bool:
+            row = await tx.fetchone("SELECT state FROM pods WHERE name = %s", (pod,))
+            if row is None:
+                raise NotFound(f"no pod named {pod!r}")
+            if row[0] == "draining":
+                return False
+            now = time.time()
+            for shard, owner in shards.items():
+                if await tx.fetchone("SELECT 1 FROM shard_pins WHERE shard = %s", (shard,)) is None:
+                    await tx.execute(
+                        "INSERT INTO shard_pins (shard, pod, kind, actor, reason, created_at) VALUES (%s, %s, 'soft', %s, 'hold', %s)",
+                        (shard, owner, actor, now),
+                    )
+            for gid in guilds:
+                if await tx.fetchone("SELECT 1 FROM pins WHERE guild_id = %s", (str(gid),)) is None:
+                    await tx.execute(
+                        "INSERT INTO pins (guild_id, pod, kind, actor, reason, created_at) VALUES (%s, %s, 'soft', %s, 'drain hold', %s)",
+                        (str(gid), pod, actor, now),
+                    )
+            await tx.execute("UPDATE pods SET state = 'draining' WHERE name = %s", (pod,))
+            return True
+
+        detail = {"pod": pod, "held_shards": len(shards), "held_guilds": len(guilds)}
+        return await self.store._change("pod.drain", actor, detail, apply, expected_version)
+
+    async def pin_to_holder(self, guild_id: int, holder: str, actor: str, plan_id: str) -> int:
+        """A repair's first step: route a guild to the pod that holds its rows (its owner
+        holds none), so a normal migration can then carry the rows to the owner. The pin's
+        kind is kept: the migration's flip re-points it at the owner."""
+
+        async def apply(tx: Tx) -> bool:
+            row = await tx.fetchone("SELECT kind FROM pins WHERE guild_id = %s", (str(guild_id),))
+            await tx.execute("DELETE FROM pins WHERE guild_id = %s", (str(guild_id),))
+            await tx.execute(
+                "INSERT INTO pins (guild_id, pod, kind, actor, reason, created_at) VALUES (%s, %s, %s, %s, 'repair', %s)",
+                (str(guild_id), holder, row[0] if row else "soft", actor, time.time()),
+            )
+            return True
+
+        detail = {"guild_id": str(guild_id), "pod": holder}
+        return await self.store._change("pin.repair", actor, detail, apply, plan_id=plan_id)
+
     # -- plans ----------------------------------------------------------------------------------
 
     async def save_plan(
-        self, plan_id: str, body: dict[str, Any], base_version: int, actor: str
+        self,
+        plan_id: str,
+        body: dict[str, Any],
+        base_version: int,
+        actor: str,
+        state: str = "draft",
     ) -> None:
+        """Store a new plan: ``draft`` (an operator's dry run, applied only on request and
+        never advertised) or ``proposed`` (the balancer's or a drain's, shown as waiting)."""
+        if state not in NEW_PLAN_STATES:
+            raise Invalid(f"a new plan is draft or proposed, not {state!r}")
         try:
             async with self.store.db.transaction() as tx:
                 await tx.execute(
-                    "INSERT INTO plans (id, created_at, base_version, state, actor, body) VALUES (%s, %s, %s, 'proposed', %s, %s)",
-                    (plan_id, time.time(), base_version, actor, json.dumps(body)),
+                    "INSERT INTO plans (id, created_at, base_version, state, actor, body) VALUES (%s, %s, %s, %s, %s, %s)",
+                    (plan_id, time.time(), base_version, state, actor, json.dumps(body)),
                 )
         except DatabaseUnavailable as exc:
             raise StoreUnavailable(f"database unavailable: {exc}") from None
@@ -768,6 +880,34 @@ class MigrationStore:
             params.append(actor)
         rows = await self.store._read_all(sql + " ORDER BY created_at DESC", tuple(params))
         return [await self.plan(r[0]) for r in rows]
+
+    async def foreign_changes(self, plan_id: str, base_version: int) -> list[dict[str, Any]]:
+        """Table versions after ``base_version`` that the plan's own moves did not produce:
+        someone else's changes, which make the plan stale."""
+        rows = await self.store._read_all(
+            "SELECT version, actor, action FROM table_versions WHERE version > %s"
+            " AND version NOT IN (SELECT version FROM plan_versions WHERE plan_id = %s)"
+            " ORDER BY version",
+            (base_version, plan_id),
+        )
+        return [{"version": int(v), "actor": a, "action": act} for v, a, act in rows]
+
+    async def expire_stale_plans(self) -> list[str]:
+        """Draft and proposed plans that someone else's table change overtook become
+        ``expired``, so nothing advertises an apply command that would fail with 409."""
+        marks = ", ".join(["%s"] * len(NEW_PLAN_STATES))
+        rows = await self.store._read_all(
+            f"SELECT id, base_version FROM plans WHERE state IN ({marks})"
+            " AND base_version < (SELECT version FROM ring_state WHERE id = 1)",
+            NEW_PLAN_STATES,
+        )
+        expired: list[str] = []
+        for plan_id, base in rows:
+            if await self.foreign_changes(plan_id, int(base)):
+                with contextlib.suppress(Conflict, NotFound):
+                    await self.set_plan_state(plan_id, "expired", expect=NEW_PLAN_STATES)
+                    expired.append(plan_id)
+        return expired
 
     async def recently_moved(self, since: float) -> tuple[frozenset[int], frozenset[int]]:
         """Guilds and shards that moved at or after ``since``: the cool-down set."""

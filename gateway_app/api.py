@@ -2,11 +2,17 @@
 
 A request for a guild this pod does not own gets 421 Misdirected Request naming the
 owner it believes in, so a proxy with an older table can tell and retry.
+
+Two credentials, two scopes: the proxy's *forwarding* token (``MODBOT_INTERNAL_TOKEN``)
+opens the guild routes and ``/interactions``; the config service's *migration* token
+(``MODBOT_MIGRATION_TOKEN``) opens ``/internal/...`` (freeze, export, import, drop).
+Each is refused (403) where the other belongs, so whatever holds the forwarding token
+(every proxy, the most exposed process) cannot export, overwrite or delete a guild.
+A pod without a migration token keeps its migration API closed.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import time
@@ -15,10 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from config_store.client.auth import matching_token
 from config_store.client.observability import json_error
 from modbot_ring import InvalidGuildId, NoRouteError, parse_guild_id
 
-from .discordpy import run_forwarded_interaction
+from . import identity
+from .discordpy import MalformedInteraction, run_forwarded_interaction
 
 if TYPE_CHECKING:
     from .server import Pod
@@ -31,21 +39,73 @@ OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}
 MAX_BODY = 256 * 1024 * 1024  # imports of large guilds arrive here
 
 
+MIGRATION_PREFIX = "/internal/"
+
+
+def is_migration_path(path: str) -> bool:
+    return path == MIGRATION_PREFIX.rstrip("/") or path.startswith(MIGRATION_PREFIX)
+
+
+def _refusal(request: web.Request) -> web.Response | None:
+    """None if the request's credential opens its route; else the 401/403 to send."""
+    settings = request.app[POD_KEY].settings
+    presented = matching_token(  # forwarding first: if both are equal, migration stays shut
+        request.headers.get("Authorization"),
+        {"forwarding": settings.internal_token, "migration": settings.migration_token},
+    )
+    if is_migration_path(request.path):
+        if not settings.migration_token:
+            return json_error(
+                403, "the migration API is closed: this pod has no migration token configured"
+            )
+        if presented == "forwarding":
+            return json_error(403, "the forwarding token is not accepted on the migration API")
+        if presented != "migration":
+            return json_error(
+                401,
+                "the migration API needs the migration token (Authorization: Bearer ...)",
+                **{"WWW-Authenticate": "Bearer"},
+            )
+        return None
+    if presented == "migration":
+        return json_error(403, "the migration token is only accepted on the migration API")
+    if presented != "forwarding":
+        return json_error(
+            401,
+            "the internal API needs the proxy's bearer token",
+            **{"WWW-Authenticate": "Bearer"},
+        )
+    return None
+
+
 @web.middleware
 async def internal_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path in OPEN_PATHS:
         return await handler(request)
-    token = request.app[POD_KEY].settings.internal_token
-    header = request.headers.get("Authorization", "")
-    given = header[7:] if header.startswith("Bearer ") else ""
-    if not token or not given or not hmac.compare_digest(given, token):
-        return json_error(401, "the internal API needs the proxy's bearer token")
+    refusal = _refusal(request)
+    if refusal is None and "guild_id" in request.match_info:  # a bad id is a 400 before all else
+        try:
+            parse_guild_id(request.match_info["guild_id"])
+        except InvalidGuildId as exc:
+            refusal = json_error(400, str(exc))
+    if refusal is None and identity.guarded(request.path):  # guild data: a vouched-for user
+        refusal = await identity.check(request, request.app[POD_KEY].store)
+    if refusal is not None:
+        return refusal
     try:
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         return json_error(exc.status, exc.reason or "error")
+
+
+def read_json(raw: bytes) -> Any:
+    """Parse a body; raises ValueError for anything that is not JSON (deep nesting too)."""
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def _owned_guild(request: web.Request) -> tuple[int, web.Response | None]:
@@ -84,14 +144,17 @@ async def put_settings(request: web.Request) -> web.Response:
     if refusal is not None:
         return refusal
     try:
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
+        body = read_json(await request.read())
+    except ValueError:
         return json_error(400, "request body is not valid JSON")
     allowed = {"moderator_role", "mod_log"}
     if (
         not isinstance(body, dict)
         or set(body) - allowed
-        or not all(isinstance(v, str) and v.isdigit() for v in body.values())
+        or not all(
+            isinstance(v, str) and 0 < len(v) <= 20 and v.isascii() and v.isdigit()
+            for v in body.values()
+        )
     ):
         return json_error(400, "settings take moderator_role and mod_log, as id strings")
     store = request.app[POD_KEY].store
@@ -113,11 +176,11 @@ async def interactions(request: web.Request) -> web.Response:
     pod = request.app[POD_KEY]
     started = time.perf_counter()
     try:
-        payload = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError):
+        payload = read_json(await request.read())
+    except ValueError:
         return json_error(400, "interaction is not valid JSON")
-    if not isinstance(payload, dict) or not isinstance(payload.get("type"), int):
-        return json_error(400, "interaction must be an object with a type")
+    if not isinstance(payload, dict) or type(payload.get("type")) is not int:  # not bool
+        return json_error(400, "interaction must be an object with an integer type")
     guild = payload.get("guild_id")
     if guild is not None:
         try:
@@ -133,9 +196,13 @@ async def interactions(request: web.Request) -> web.Response:
             503, "this pod's command client is not logged in yet", **{"Retry-After": "1"}
         )
     deferred = request.headers.get("X-Modbot-Deferred") == "1"
-    body = await run_forwarded_interaction(
-        pod.commands, payload, pod.settings.interaction_deadline, already_deferred=deferred
-    )
+    try:
+        body = await run_forwarded_interaction(
+            pod.commands, payload, pod.settings.interaction_deadline, already_deferred=deferred
+        )
+    except MalformedInteraction as exc:  # about this request: a 400, never a 500
+        pod.metrics.interactions.labels("malformed").inc()
+        return json_error(400, str(exc))
     outcome = "deferred" if body.get("type") == 5 else "answered"
     pod.metrics.interactions.labels(outcome).inc()
     pod.metrics.interaction_seconds.observe(time.perf_counter() - started)

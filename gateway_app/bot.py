@@ -10,6 +10,10 @@ Two clients per pod, on purpose:
 
 Both consult ``owns(guild_id)``: an event or command for a guild this pod does not own
 is never written here.
+
+Every handled gateway event is acknowledged after its writes are queued: ``mark`` gets
+its shard, session and sequence number, and the store commits that position together
+with (never before) the rows. A restarted pod resumes each session from there.
 """
 
 from __future__ import annotations
@@ -18,17 +22,19 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import discord
 from discord import app_commands
 
+from .discordpy import CURRENT_POSITION, GatewayPosition, RawBan, ResumableShardedClient, TakeResume
 from .storage import GuildStore
 
 log = logging.getLogger("modbot.gateway.bot")
 
 Handle = Callable[[int, str, dict[str, Any]], str]  # (guild id, event key, event) -> outcome
+Mark = Callable[[GatewayPosition], None]  # an event's effects are queued: acknowledge it
 
 NOT_SET_UP = (
     "This server is not set up yet: an administrator can run `/setup moderator_role:<role> "
@@ -88,7 +94,7 @@ def gateway_intents() -> discord.Intents:
     return intents
 
 
-class GatewayClient(discord.AutoShardedClient):
+class GatewayClient(ResumableShardedClient):
     def __init__(
         self,
         *,
@@ -97,6 +103,8 @@ class GatewayClient(discord.AutoShardedClient):
         handle: Handle,
         recent: RecentEvents,
         identify_interval: float = 5.0,
+        mark: Mark | None = None,
+        take_resume: TakeResume | None = None,
     ) -> None:
         super().__init__(
             shard_ids=shard_ids,
@@ -106,13 +114,36 @@ class GatewayClient(discord.AutoShardedClient):
             chunk_guilds_at_startup=False,
             member_cache_flags=discord.MemberCacheFlags.none(),
             guild_ready_timeout=0.2,
+            take_resume=take_resume,
+            on_session=mark,
         )
         self.handle = handle
         self.recent = recent
         self.ready_shards: set[int] = set()
         self.identify_interval = identify_interval
+        # set by shards.ShardSupervisor: waits for Discord's IDENTIFY limits (IdentifyGate)
+        self.identify_gate: Callable[[Any, int | None], Awaitable[None]] | None = None
+        self.mark = mark
+
+    def _handled(self, guild_id: int | None, key: str, event: dict[str, Any]) -> None:
+        """Handle one event (if it is a guild's), then acknowledge its gateway position."""
+        outcome = self.handle(guild_id, key, event) if guild_id is not None else "ignored"
+        position = CURRENT_POSITION.get()
+        # "queued": it waits in memory for a migration's replay; not acknowledged (later
+        # events of the shard may be, so a kill in those milliseconds can lose it)
+        if self.mark is not None and position is not None and outcome != "queued":
+            self.mark(position)
+
+    def _acknowledge(self) -> None:
+        """An event this pod does not store (a bot's message, a DM): acknowledge it too."""
+        position = CURRENT_POSITION.get()
+        if self.mark is not None and position is not None:
+            self.mark(position)
 
     async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        if self.identify_gate is not None:
+            await self.identify_gate(self, shard_id)
+            return
         # Discord allows max_concurrency IDENTIFYs per 5 s (discord.py's default wait);
         # the local simulator has no such limit, so the interval is a setting.
         if not initial and self.identify_interval > 0:
@@ -121,8 +152,16 @@ class GatewayClient(discord.AutoShardedClient):
     async def on_shard_ready(self, shard_id: int) -> None:
         self.ready_shards.add(shard_id)
 
+    async def on_shard_resumed(self, shard_id: int) -> None:
+        self.ready_shards.add(shard_id)
+
     async def on_message(self, message: discord.Message) -> None:
-        if message.guild is None or message.author.bot:
+        # after a RESUME in a fresh process no guild is cached: the channel knows its guild
+        guild_id = message.guild.id if message.guild is not None else None
+        if guild_id is None:
+            guild_id = getattr(message.channel, "guild_id", None)
+        if guild_id is None or message.author.bot:
+            self._acknowledge()
             return
         content = message.content
         event = {
@@ -134,28 +173,29 @@ class GatewayClient(discord.AutoShardedClient):
             "chars": len(content),
             "at": message.created_at.timestamp(),
         }
-        self.handle(message.guild.id, f"m:{message.id}", event)
+        self._handled(guild_id, f"m:{message.id}", event)
 
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
-        if payload.guild_id is not None:
-            event = {"kind": "delete", "message_id": payload.message_id, "at": time.time()}
-            self.handle(payload.guild_id, f"d:{payload.message_id}", event)
+        event = {"kind": "delete", "message_id": payload.message_id, "at": time.time()}
+        self._handled(payload.guild_id, f"d:{payload.message_id}", event)
 
-    async def on_member_ban(
-        self, guild: discord.Guild, user: discord.User | discord.Member
-    ) -> None:
-        if self.recent.first_time(("ban", guild.id, user.id)):
-            self.handle(
-                guild.id, f"b:{user.id}", {"kind": "ban", "user_id": user.id, "at": time.time()}
-            )
+    async def on_raw_member_ban(self, ban: RawBan) -> None:
+        # raw (see discordpy.RawBan): on_member_ban never fires for an uncached guild
+        if self.recent.first_time(("ban", ban.guild_id, ban.user_id)):
+            event = {"kind": "ban", "user_id": ban.user_id, "at": time.time()}
+            self._handled(ban.guild_id, f"b:{ban.user_id}", event)
+        else:
+            self._acknowledge()
 
     async def on_raw_member_remove(self, payload: discord.RawMemberRemoveEvent) -> None:
         if self.recent.first_time(("leave", payload.guild_id, payload.user.id)):
-            self.handle(
+            self._handled(
                 payload.guild_id,
                 f"l:{payload.user.id}",
                 {"kind": "leave", "user_id": payload.user.id, "at": time.time()},
             )
+        else:
+            self._acknowledge()
 
 
 class CommandClient(discord.Client):

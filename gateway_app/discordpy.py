@@ -9,20 +9,39 @@
   can return it as the HTTP answer within Discord's 3-second budget. If the command is
   slower than the deadline, the pod answers "deferred" instead and the late response is
   sent as an edit of the original message: the user always sees the real answer.
+* :class:`ResumableShardedClient` RESUMEs stored gateway sessions when it (re)starts
+  (``launch_shard``), tells which shard, session and sequence number each handled event
+  came from (:data:`CURRENT_POSITION`, set around discord.py's parsers and inherited by
+  the handler tasks they create), reports bans of guilds not in its cache (after a RESUME
+  in a fresh process nothing is cached), and closes its connections resumably.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import discord
 import yarl
+from discord.gateway import DiscordWebSocket
+from discord.shard import Shard
 from discord.webhook.async_ import AsyncWebhookAdapter, async_context
 
-__all__ = ["DEFERRED_EPHEMERAL", "point_at", "run_forwarded_interaction"]
+__all__ = [
+    "CURRENT_POSITION",
+    "DEFERRED_EPHEMERAL",
+    "GatewayPosition",
+    "RawBan",
+    "ResumableShardedClient",
+    "point_at",
+    "run_forwarded_interaction",
+]
 
 DEFERRED_EPHEMERAL: dict[str, Any] = {"type": 5, "data": {"flags": 64}}
 
@@ -79,6 +98,24 @@ class _CapturingAdapter(AsyncWebhookAdapter):
         }
 
 
+class MalformedInteraction(ValueError):
+    """discord.py could not read a forwarded interaction (a field it needs is wrong)."""
+
+
+# Fields discord.py reads with ``data[key]`` although Discord documents them as added over
+# time (``attachment_size_limit`` in 2024) or may omit them: filled in, never trusted.
+INTERACTION_DEFAULTS: dict[str, Any] = {
+    "version": 1,
+    "attachment_size_limit": 10 * 1024 * 1024,  # Discord's default upload limit
+}
+
+
+def with_defaults(payload: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``payload`` with the fields discord.py requires and Discord may omit."""
+    missing = {k: v for k, v in INTERACTION_DEFAULTS.items() if k not in payload}
+    return {**payload, **missing} if missing else payload
+
+
 async def run_forwarded_interaction(
     client: discord.Client,
     payload: dict[str, Any],
@@ -101,7 +138,9 @@ async def run_forwarded_interaction(
     token = async_context.set(adapter)
     try:
         # The command task is created here and inherits the adapter through the context.
-        client._connection.parse_interaction_create(payload)  # type: ignore[arg-type]
+        client._connection.parse_interaction_create(with_defaults(payload))  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise MalformedInteraction(f"interaction payload not understood: {exc!r}") from None
     finally:
         async_context.reset(token)
     if already_deferred:
@@ -114,3 +153,154 @@ async def run_forwarded_interaction(
             with contextlib.suppress(Exception):
                 return adapter.first.result()
         return DEFERRED_EPHEMERAL
+
+
+# -- durable gateway sessions ------------------------------------------------------------------
+
+_log = logging.getLogger("modbot.gateway.discordpy")
+
+
+@dataclass(frozen=True)
+class GatewayPosition:
+    """One gateway event's place: its shard, session and sequence number, and where to
+    resume that session."""
+
+    shard_id: int
+    shard_count: int
+    session_id: str
+    sequence: int
+    resume_url: str
+
+
+@dataclass(frozen=True)
+class RawBan:
+    """GUILD_BAN_ADD as data: discord.py drops the event for a guild it has not cached."""
+
+    guild_id: int
+    user_id: int
+
+
+# The position of the event whose handlers are running (None outside a tracked event).
+CURRENT_POSITION: ContextVar[GatewayPosition | None] = ContextVar(
+    "modbot_gateway_position", default=None
+)
+
+# The dispatches whose handlers write (and READY, which starts a session's positions).
+TRACKED_EVENTS = (
+    "READY",
+    "MESSAGE_CREATE",
+    "MESSAGE_DELETE",
+    "GUILD_BAN_ADD",
+    "GUILD_MEMBER_REMOVE",
+)
+
+RESUME_CONNECT_TIMEOUT = 30.0  # seconds to reach a stored resume URL before IDENTIFYing
+TakeResume = Callable[[int, int], GatewayPosition | None]  # (shard id, shard count) -> where
+
+
+class ResumableShardedClient(discord.AutoShardedClient):
+    """An ``AutoShardedClient`` whose sessions survive the process.
+
+    ``take_resume(shard_id, shard_count)`` gives the stored position of a shard (once);
+    the shard then RESUMEs that session instead of IDENTIFYing, and Discord replays every
+    event after that sequence number. If Discord answers INVALID_SESSION (too late, or an
+    unknown session), discord.py IDENTIFYs as usual. ``on_session(position)`` is called at
+    each READY: the first position of a new session.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        take_resume: TakeResume | None = None,
+        on_session: Callable[[GatewayPosition], None] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._take_resume = take_resume
+        self._on_session = on_session
+        self.resumes_sent: list[int] = []  # shard ids this client sent a RESUME for
+        parsers = self._connection.parsers
+        for name in TRACKED_EVENTS:
+            if name in parsers:
+                parsers[name] = self._tracked(name, parsers[name])
+
+    def _shard_ws(self, shard_id: int) -> DiscordWebSocket | None:
+        shard = self._AutoShardedClient__shards.get(shard_id)  # type: ignore[attr-defined]
+        return shard.ws if shard is not None else None
+
+    def _position(self, name: str, data: dict[str, Any]) -> GatewayPosition | None:
+        count = self.shard_count or 1
+        if name == "READY":
+            shard_id = int((data.get("shard") or [0, count])[0])
+        elif data.get("guild_id") is not None:
+            shard_id = (int(data["guild_id"]) >> 22) % count
+        else:
+            return None
+        ws = self._shard_ws(shard_id)
+        # discord.py sets ws.sequence (and, at READY, session_id) before calling the parser
+        if ws is None or ws.session_id is None or ws.sequence is None:
+            return None
+        return GatewayPosition(shard_id, count, ws.session_id, ws.sequence, str(ws.gateway))
+
+    def _tracked(self, name: str, parse: Callable[[Any], None]) -> Callable[[Any], None]:
+        def tracked(data: Any) -> None:
+            position = self._position(name, data)
+            token = CURRENT_POSITION.set(position)
+            try:
+                if name == "READY" and position is not None and self._on_session is not None:
+                    self._on_session(position)
+                elif name == "GUILD_BAN_ADD" and "user" in data:
+                    self.dispatch(
+                        "raw_member_ban", RawBan(int(data["guild_id"]), int(data["user"]["id"]))
+                    )
+                parse(data)
+            finally:
+                CURRENT_POSITION.reset(token)
+
+        return tracked
+
+    async def launch_shard(
+        self, gateway: yarl.URL, shard_id: int, *, initial: bool = False
+    ) -> None:
+        where = self._take_resume(shard_id, self.shard_count or 1) if self._take_resume else None
+        if where is None:
+            return await super().launch_shard(gateway, shard_id, initial=initial)
+        try:
+            ws = await asyncio.wait_for(
+                DiscordWebSocket.from_client(
+                    self,
+                    initial=initial,
+                    gateway=yarl.URL(where.resume_url),
+                    shard_id=shard_id,
+                    session=where.session_id,
+                    sequence=where.sequence,
+                    resume=True,
+                ),
+                # an unreachable resume URL must not hold the start for discord.py's 180 s
+                timeout=min(
+                    self.shard_connect_timeout or RESUME_CONNECT_TIMEOUT, RESUME_CONNECT_TIMEOUT
+                ),
+            )
+        except Exception as exc:
+            _log.warning("shard %s: RESUME not sent (%s); identifying instead", shard_id, exc)
+            return await super().launch_shard(gateway, shard_id, initial=initial)
+        _log.info(
+            "shard %s: resuming session %s after sequence %s",
+            shard_id,
+            where.session_id,
+            where.sequence,
+        )
+        self.resumes_sent.append(shard_id)
+        queue = self._AutoShardedClient__queue  # type: ignore[attr-defined]
+        shard = Shard(ws, self, queue.put_nowait)
+        self._AutoShardedClient__shards[shard_id] = shard  # type: ignore[attr-defined]
+        shard.launch()
+
+    async def close(self) -> None:
+        """Close every connection with 4000, not discord.py's 1000: Discord ends a session
+        closed with 1000/1001, and a restarted pod must be able to resume it."""
+        for shard in list(self._AutoShardedClient__shards.values()):  # type: ignore[attr-defined]
+            shard._cancel_task()
+            with contextlib.suppress(Exception):
+                await shard.ws.close(code=4000)
+        await super().close()

@@ -9,10 +9,19 @@
 
 While a replay runs, the guild's new events wait in memory and are handled right after,
 so none slips between "read the held events" and "start writing live".
+
+**Change tracking** (a migration's source, from its pre-copy to its freeze): the ids of
+the messages written or deleted since the pre-copy are remembered, so the delta exported
+inside the freeze is the rows changed since the copy, whatever the guild's size or the
+age of its messages. In memory on purpose: it is an optimisation, never a source of
+truth. A restarted pod has no tracker for the token it is asked about, and a tracker that
+grew past ``MAX_TRACKED`` ids is dropped: the export then falls back to every row.
 """
 
 from __future__ import annotations
 
+import itertools
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +31,9 @@ from .bot import LoadMeter
 from .storage import GuildStore
 
 Owns = Callable[[int], bool]
+
+MAX_TRACKED = 50_000  # ids per guild (a few MB at most, even if a rollback leaves it behind)
+TRACKED_KINDS = ("message", "delete")  # the events that change message_stats rows
 
 
 class GuildGate:
@@ -36,6 +48,10 @@ class GuildGate:
         self.fences: dict[int, tuple[int, str]] = {}
         self._replaying: dict[int, list[tuple[str, dict[str, Any]]]] = {}
         self.counts = {"written": 0, "held": 0, "dropped": 0}
+        # guild -> (token, ids of messages written or deleted since the tracker started)
+        self._tracked: dict[int, tuple[str, set[int]]] = {}
+        self._boot = uuid.uuid4().hex[:12]  # a token from before a restart matches nothing
+        self._serial = itertools.count(1)
 
     async def load_fences(self) -> None:
         self.fences = await self.store.fences()
@@ -67,10 +83,42 @@ class GuildGate:
             self.store.apply_event(guild_id, event)
             self.load.record(guild_id)
             outcome = "written"
+            tracked = self._tracked.get(guild_id)
+            if tracked is not None and event.get("kind") in TRACKED_KINDS:
+                tracked[1].add(int(event["message_id"]))
+                if len(tracked[1]) > MAX_TRACKED:
+                    del self._tracked[guild_id]
         else:
             outcome = "dropped"
         self.counts[outcome] += 1
         return outcome
+
+    def track(self, guild_id: int) -> str:
+        """Start remembering the guild's changed messages; call it *before* the pre-copy
+        export flushes and reads, so every write is either in the copy or tracked."""
+        token = f"{self._boot}-{next(self._serial)}"
+        self._tracked[guild_id] = (token, set())
+        return token
+
+    def changes(self, guild_id: int, token: str) -> set[int] | None:
+        """Ids changed since the tracker ``token`` started, or None if it is not known
+        here (restarted, superseded, or grown too big): then only a full export is safe."""
+        tracked = self._tracked.get(guild_id)
+        if tracked is None or tracked[0] != token:
+            return None
+        return set(tracked[1])
+
+    def untrack(self, guild_id: int) -> None:
+        self._tracked.pop(guild_id, None)
+
+    def note_written(self, guild_id: int, message_ids: list[int]) -> None:
+        """Message rows written outside :meth:`handle` (import-monolith chunks): tracked like
+        live writes, so a migration's delta carries them."""
+        tracked = self._tracked.get(guild_id)
+        if tracked is not None:
+            tracked[1].update(message_ids)
+            if len(tracked[1]) > MAX_TRACKED:
+                del self._tracked[guild_id]
 
     async def set_fence(self, guild_id: int, epoch: int, state: str) -> None:
         await self.store.set_fence(guild_id, epoch, state)

@@ -11,25 +11,32 @@ import asyncio
 import contextlib
 import heapq
 import logging
+import sqlite3
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from config_store.client.config_api import ConfigApi, ConfigApiError
 from config_store.client.observability import add_health_routes, setup_logging
 from config_store.client.table_client import RoutingTableClient
 from modbot_ring import shard_for
 
+from . import identity
 from .api import MAX_BODY, POD_KEY, add_routes, internal_auth, misdirected_response, owner_or_none
 from .bot import CommandClient, GatewayClient, LoadMeter, RecentEvents
-from .discordpy import point_at
+from .commands_sync import sync_at_start
+from .discordpy import GatewayPosition, point_at
 from .gate import GuildGate
 from .migration_api import add_routes as add_migration_routes
+from .monolith_api import add_routes as add_monolith_routes
 from .shards import ShardSupervisor
-from .storage import GuildStore
+from .storage import GuildStore, SessionMark, StorageError, StorageUnavailable, check_database
 
 log = logging.getLogger("modbot.gateway")
 
@@ -47,7 +54,9 @@ class PodSettings:
     read_token: str = ""
     redis_url: str = ""
     redis_prefix: str = "modbot"
-    internal_token: str = ""
+    internal_token: str = ""  # the proxy's forwarding token
+    migration_token: str = ""  # the config service's token for /internal/... (empty: closed)
+    identity_key: str = ""  # verifies the user identities the proxy signs (default: derived)
     database: str = "gateway.db"
     discord_token: str = ""
     discord_api_url: str = "https://discord.com/api/v10"
@@ -71,15 +80,59 @@ class PodMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.interactions = Counter(
             "modbot_gateway_interactions_total",
-            "forwarded interactions",
+            "Interactions forwarded by the proxy and answered by this pod, by outcome.",
             ["outcome"],
             registry=registry,
         )
         self.interaction_seconds = Histogram(
-            "modbot_gateway_interaction_seconds", "time to answer an interaction", registry=registry
+            "modbot_gateway_interaction_seconds",
+            "Time this pod took to answer a forwarded interaction.",
+            registry=registry,
         )
         self.heartbeat_failures = Counter(
-            "modbot_gateway_heartbeat_failures_total", "heartbeats that failed", registry=registry
+            "modbot_gateway_heartbeat_failures_total",
+            "Heartbeats to the config service that failed.",
+            registry=registry,
+        )
+
+
+class StoreCollector:
+    """The batch writer's health as metrics: failed commits (every retry counts) and the
+    writes waiting to be committed."""
+
+    def __init__(self, store: GuildStore) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "modbot_gateway_write_failures",
+            "SQLite batch commits that failed (each retry counts).",
+            value=self.store.write_failures,
+        )
+        # cumulative, so a counter (until 0.1.0 it was the gauge modbot_gateway_rows_written)
+        yield CounterMetricFamily(
+            "modbot_gateway_rows_written",
+            "Rows committed to SQLite by the batch writer.",
+            value=self.store.rows_written,
+        )
+        yield GaugeMetricFamily(
+            "modbot_gateway_writes_pending",
+            "Writes queued and not yet committed to SQLite.",
+            value=self.store.backlog,
+        )
+
+
+@web.middleware
+async def storage_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A failing disk is a 503 with the reason, never a bare 500 (the write is not lost:
+    queued writes are retried, and a refused direct write was not acknowledged)."""
+    try:
+        return await handler(request)
+    except StorageUnavailable as exc:
+        return web.json_response({"error": str(exc)}, status=503, headers={"Retry-After": "1"})
+    except sqlite3.OperationalError as exc:
+        return web.json_response(
+            {"error": f"storage failed: {exc}"}, status=503, headers={"Retry-After": "1"}
         )
 
 
@@ -107,6 +160,7 @@ class Pod:
         self.config = ConfigApi(settings.config_url, settings.admin_token)
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
+        self.resume_from: dict[int, SessionMark] = {}  # shard -> committed position at start
         self._register_metrics()
 
     # -- ownership ----------------------------------------------------------------------------
@@ -135,34 +189,62 @@ class Pod:
             handle=self.gate.handle,
             recent=self.recent,
             identify_interval=self.settings.identify_interval,
+            mark=self._mark,
+            take_resume=self._take_resume,
+        )
+
+    def _mark(self, position: GatewayPosition) -> None:
+        self.store.mark_session(
+            SessionMark(
+                position.shard_id,
+                position.shard_count,
+                position.session_id,
+                position.sequence,
+                position.resume_url,
+            )
+        )
+
+    def _take_resume(self, shard_id: int, shard_count: int) -> GatewayPosition | None:
+        """The committed position of a shard's last session, once per process: later
+        clients of the same shard (hand-overs) start their own sessions."""
+        mark = self.resume_from.pop(shard_id, None)
+        if mark is None or mark.shard_count != shard_count:
+            return None
+        return GatewayPosition(
+            mark.shard_id, mark.shard_count, mark.session_id, mark.sequence, mark.resume_url
         )
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[internal_auth], client_max_size=MAX_BODY)
+        app = web.Application(middlewares=[internal_auth, storage_errors], client_max_size=MAX_BODY)
         app[POD_KEY] = self
         add_routes(app)
         add_migration_routes(app)
+        add_monolith_routes(app)  # import-monolith: on the migration API too
+        key = identity.identity_key_from(self.settings.identity_key, self.settings.internal_token)
+        identity.install(app, key, self.settings.database)
 
         async def ready() -> tuple[bool, dict[str, Any]]:
-            table = self.table_client.table
             details: dict[str, Any] = {
                 "pod": self.name,
                 "commands": "ready" if self.commands_ready else "logging in",
                 "shards": self.shards.connected_shards,
                 **self.table_client.status(),
+                # why writes fail, if they do: the pod acknowledges no gateway event meanwhile
+                "storage": "ok" if self.store.failure is None else f"failing: {self.store.failure}",
+                "writes_pending": self.store.backlog,
             }
-            ok = table is not None and self.commands_ready and self.shards.converged(table)
-            return ok, details
+            return self._ready_now(), details
 
-        add_health_routes(app, self.registry, ready)
+        add_health_routes(app, self.registry, ready, component="gateway")
         return app
 
     async def start(self) -> None:
         s = self.settings
         point_at(s.discord_api_url, s.discord_gateway_url)
         await self.store.open()
+        self.resume_from = await self.store.sessions()
         await self.gate.load_fences()
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
@@ -196,6 +278,8 @@ class Pod:
         while True:
             try:
                 await self.commands.login(self.settings.discord_token)
+                # register the command list if Discord's differs (commands_sync.py), then ready
+                await sync_at_start(self.settings.discord_api_url, self.settings.discord_token)
                 self.commands_ready = True
                 return
             except Exception as exc:
@@ -285,19 +369,34 @@ class Pod:
                 else:
                     log.warning("heartbeat failed: %s", exc.message)
 
+    def _ready_now(self) -> bool:
+        """/readyz's verdict, for the modbot_gateway_ready gauge (keep the two in step)."""
+        table = self.table_client.table
+        return (
+            table is not None
+            and self.commands_ready
+            and self.shards.converged(table)
+            and self.store.failure is None
+        )
+
     def _register_metrics(self) -> None:
         self.table_client.register_metrics(self.registry, "modbot_gateway")
+        self.shards.register_metrics(self.registry)
+        self.registry.register(StoreCollector(self.store))
         Gauge(
-            "modbot_gateway_shards_connected", "gateway shards ready", registry=self.registry
+            "modbot_gateway_shards_connected",
+            "Discord gateway shard sessions of this pod that are ready.",
+            registry=self.registry,
         ).set_function(lambda: float(len(self.shards.connected_shards)))
         Gauge(
-            "modbot_gateway_rows_written",
-            "rows committed by the batch writer",
+            "modbot_gateway_ready",
+            "1 when this pod is ready: table loaded, commands registered, shards converged, "
+            "storage writable (what /readyz answers).",
             registry=self.registry,
-        ).set_function(lambda: float(self.store.rows_written))
+        ).set_function(lambda: 1.0 if self._ready_now() else 0.0)
         Gauge(
             "modbot_gateway_events_per_second",
-            "decayed event rate over owned guilds",
+            "Decayed rate of Discord events over the guilds this pod owns.",
             registry=self.registry,
         ).set_function(lambda: float(sum(self.load.rates().values())))
 
@@ -313,6 +412,11 @@ async def serve(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, f"gateway:{args.name}")
+    try:  # before anything starts: a pod on an unusable file would lose every write
+        check_database(args.database)
+    except StorageError as exc:
+        print(f"modbot-ring: {exc}", file=sys.stderr)
+        return 1
     from config_store.runtime import run_forever
 
     return run_forever(serve(args))

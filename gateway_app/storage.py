@@ -7,6 +7,14 @@ per second; ``flush()`` is the barrier tests and migrations use. Message rows ar
 idempotent (primary key ``(guild_id, message_id)``), so an event seen twice while a
 shard session is handed over is stored once.
 
+A failed commit is never forgotten: the batch stays queued, in order, and is retried with
+backoff; ``flush()`` raises :class:`StorageUnavailable` meanwhile (it is the barrier
+migrations rely on, so it must not pretend), ``failure`` says why (``/readyz`` shows it)
+and ``write_failures`` counts the failed attempts. Gateway positions (``mark_session``)
+travel in the same queue and are committed in the same transaction as the rows written
+before them, so the stored sequence number never runs ahead of the data: a restarted pod
+RESUMEs from it and Discord replays what was not committed.
+
 Ids are SQLite INTEGERs (signed 64-bit): Discord snowflakes stay below 2**63 until 2084.
 """
 
@@ -17,13 +25,17 @@ import contextlib
 import hashlib
 import json
 import logging
+import sqlite3
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
+
+from config_store.client import monolith_schema
 
 log = logging.getLogger("modbot.gateway.storage")
 
@@ -91,6 +103,19 @@ SCHEMA = [
         );
         """,
     ),
+    (
+        "0003_gateway_sessions",
+        """
+        CREATE TABLE gateway_sessions (
+            shard_id    INTEGER PRIMARY KEY,
+            shard_count INTEGER NOT NULL,
+            session_id  TEXT NOT NULL,
+            resume_url  TEXT NOT NULL,
+            sequence    INTEGER NOT NULL,
+            updated_at  REAL NOT NULL
+        );
+        """,
+    ),
 ]
 
 # Exported columns per table, in order (no local autoincrement ids: they differ per pod).
@@ -149,7 +174,20 @@ def checksum(rows: dict[str, list[list[Any]]]) -> str:
     return digest.hexdigest()
 
 
-GUILD_TABLES = ("guilds", "message_stats", "reported_messages", "mod_actions", "held_events")
+GUILD_TABLES: tuple[str, ...] = (
+    "guilds",
+    "message_stats",
+    "reported_messages",
+    "mod_actions",
+    "held_events",
+)
+
+# mod-bot's tables that had no home here (import-monolith): the pod's schema extended, and
+# carried by export/import (counts, checksum) like the tables above.
+SCHEMA += monolith_schema.POD_SCHEMA
+EXPORT_COLUMNS.update(monolith_schema.POD_EXPORT_COLUMNS)
+EXPORT_ORDER.update(monolith_schema.POD_EXPORT_ORDER)
+GUILD_TABLES += monolith_schema.POD_TABLES
 
 
 @dataclass(frozen=True)
@@ -163,18 +201,99 @@ class MessageRow:
     sent_at: float
 
 
+@dataclass(frozen=True)
+class SessionMark:
+    """Where a shard's gateway session stands: every event up to ``sequence`` is handled."""
+
+    shard_id: int
+    shard_count: int
+    session_id: str
+    sequence: int
+    resume_url: str
+
+
+class StorageUnavailable(Exception):
+    """Writes are failing (disk full, I/O error): nothing enqueued since is committed yet."""
+
+
+class StorageError(Exception):
+    """The database file cannot be used at all (read-only, corrupt): the pod must not start."""
+
+
+QueueItem = tuple[str, tuple[Any, ...]] | asyncio.Future[None]
+
+UPSERT_SESSION = (
+    "INSERT INTO gateway_sessions (shard_id, shard_count, session_id, resume_url, sequence, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (shard_id) DO UPDATE SET"
+    " shard_count = excluded.shard_count, resume_url = excluded.resume_url,"
+    " sequence = CASE WHEN gateway_sessions.session_id = excluded.session_id"
+    " THEN max(gateway_sessions.sequence, excluded.sequence) ELSE excluded.sequence END,"
+    " session_id = excluded.session_id, updated_at = excluded.updated_at"
+)
+
+
+def check_database(path: str) -> None:
+    """Refuse a file that cannot hold this pod's data: not a database, corrupt, or read-only.
+
+    Synchronous and quick (a quick_check and one tiny write), run before anything starts,
+    so the pod exits with one clear line instead of serving while it silently loses writes.
+    """
+    if path == ":memory:":
+        return
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=5, isolation_level=None)
+    except (OSError, sqlite3.Error) as exc:
+        raise StorageError(f"cannot open database {path}: {exc}") from None
+    try:
+        try:
+            verdict = conn.execute("PRAGMA quick_check(1)").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"database {path} is corrupt or not SQLite: {exc}") from None
+        if verdict is None or verdict[0] != "ok":
+            raise StorageError(f"database {path} is corrupt: {verdict and verdict[0]}")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("CREATE TABLE IF NOT EXISTS gateway_probe (at REAL NOT NULL)")
+            conn.execute("DELETE FROM gateway_probe")
+            conn.execute("INSERT INTO gateway_probe VALUES (?)", (time.time(),))
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StorageError(f"database {path} is not writable: {exc}") from None
+    finally:
+        conn.close()
+
+
 class GuildStore:
-    def __init__(self, path: str, *, batch_size: int = 1000, flush_interval: float = 0.02) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        batch_size: int = 1000,
+        flush_interval: float = 0.02,
+        retry_initial: float = 0.05,
+        retry_max: float = 2.0,
+    ) -> None:
         self.path = path
         self.batch_size = batch_size
         self.flush_interval = flush_interval
+        self.retry_initial = retry_initial
+        self.retry_max = retry_max
         self.db: aiosqlite.Connection | None = None
-        self._queue: asyncio.Queue[tuple[str, tuple[Any, ...]] | asyncio.Future[None]] = (
-            asyncio.Queue()
-        )
+        # A deque, not an asyncio.Queue: a failed batch goes back to the front, in order.
+        self._pending: deque[QueueItem] = deque()
+        self._waiters = 0  # flush futures in _pending: they end a batch early
+        self._wakeup = asyncio.Event()
+        # Gateway positions wait beside the queue, each tagged with the number of writes
+        # enqueued before it: it is committed in the transaction that commits that many.
+        self._writes_enqueued = 0
+        self._writes_committed = 0
+        self._marks: dict[int, deque[tuple[int, SessionMark]]] = {}
         self._writer: asyncio.Task[None] | None = None
         self.rows_written = 0
         self.batches_written = 0
+        self.write_failures = 0
+        self.failure: str | None = None  # why writes fail right now (None: they succeed)
 
     async def open(self) -> None:
         if self.path != ":memory:":
@@ -188,7 +307,11 @@ class GuildStore:
 
     async def close(self) -> None:
         if self._writer is not None:
-            await self.flush()
+            try:
+                await self.flush()
+            except StorageUnavailable as exc:
+                # not lost: the stored gateway positions did not advance past them
+                log.error("closing with %d uncommitted writes: %s", len(self._pending), exc)
             self._writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._writer
@@ -221,61 +344,186 @@ class GuildStore:
 
     # -- the batch writer ------------------------------------------------------------------------
 
+    def _put(self, item: QueueItem) -> None:
+        self._pending.append(item)
+        # wake the writer only when it has something new to decide: it sleeps through
+        # the batch window otherwise (one wake-up per batch, not per event)
+        if len(self._pending) == 1 or len(self._pending) >= self.batch_size:
+            self._wakeup.set()
+
+    @property
+    def backlog(self) -> int:
+        """Writes queued, not yet committed."""
+        return len(self._pending) - self._waiters
+
     def enqueue(self, sql: str, params: tuple[Any, ...]) -> None:
-        self._queue.put_nowait((sql, params))
+        self._writes_enqueued += 1
+        self._put((sql, params))
+
+    def mark_session(self, mark: SessionMark) -> None:
+        """Record a gateway position, committed with (never before) the writes queued so far."""
+        marks = self._marks.setdefault(mark.shard_id, deque())
+        if marks and marks[-1][0] == self._writes_enqueued:
+            marks[-1] = (self._writes_enqueued, mark)  # no write in between: the newer one
+        else:
+            marks.append((self._writes_enqueued, mark))
+        if not self._pending:
+            self._wakeup.set()
 
     async def flush(self) -> None:
-        """Wait until everything enqueued so far is committed."""
+        """Wait until everything enqueued so far is committed.
+
+        Raises :class:`StorageUnavailable` while writes fail: the caller must not go on as
+        if they had been committed (the writes themselves stay queued and are retried).
+        """
+        if self.failure is not None:
+            raise StorageUnavailable(f"writes are failing: {self.failure}")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(done)
+        self._waiters += 1
+        self._pending.append(done)
+        self._wakeup.set()
         await done
+
+    async def sessions(self) -> dict[int, SessionMark]:
+        """The last committed position of each shard's session (what a restart resumes)."""
+        rows = await self._all(
+            "SELECT shard_id, shard_count, session_id, sequence, resume_url FROM gateway_sessions"
+        )
+        return {
+            int(shard): SessionMark(int(shard), int(count), str(sid), int(seq), str(url))
+            for shard, count, sid, seq, url in rows
+        }
+
+    def _marks_due(self, upto: int) -> dict[int, SessionMark]:
+        """Per shard, the newest position whose writes are all among the first ``upto``."""
+        due = {}
+        for shard, marks in self._marks.items():
+            for n, mark in marks:
+                if n > upto:
+                    break
+                due[shard] = mark
+        return due
+
+    def _drop_marks(self, upto: int) -> None:
+        for shard in list(self._marks):
+            marks = self._marks[shard]
+            while marks and marks[0][0] <= upto:
+                marks.popleft()
+            if not marks:
+                del self._marks[shard]
+
+    async def _next_batch(self) -> list[QueueItem]:
+        while not self._pending and not self._marks:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.flush_interval
+        while len(self._pending) < self.batch_size and not self._waiters:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except TimeoutError:
+                break
+        batch: list[QueueItem] = []
+        while self._pending and len(batch) < self.batch_size:
+            item = self._pending.popleft()
+            batch.append(item)
+            if isinstance(item, asyncio.Future):
+                self._waiters -= 1
+                break  # a flush ends the batch: its caller waits for exactly this much
+        return batch
 
     async def _write_loop(self) -> None:
         assert self.db is not None
+        delay = self.retry_initial
         while True:
-            first = await self._queue.get()
-            batch: list[tuple[str, tuple[Any, ...]] | asyncio.Future[None]] = [first]
-            deadline = time.monotonic() + self.flush_interval
-            while len(batch) < self.batch_size:
-                if self._queue.empty():
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0 or isinstance(batch[-1], asyncio.Future):
-                        break
-                    try:
-                        batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                    except TimeoutError:
-                        break
-                else:
-                    batch.append(self._queue.get_nowait())
-            await self._commit(batch)
-
-    async def _commit(
-        self, batch: Sequence[tuple[str, tuple[Any, ...]] | asyncio.Future[None]]
-    ) -> None:
-        assert self.db is not None
-        writes = [item for item in batch if not isinstance(item, asyncio.Future)]
-        if writes:
-            # group consecutive rows of the same statement into executemany calls
-            groups: list[tuple[str, list[tuple[Any, ...]]]] = []
-            for sql, params in writes:  # type: ignore[misc]
-                if groups and groups[-1][0] == sql:
-                    groups[-1][1].append(params)
-                else:
-                    groups.append((sql, [params]))
+            batch = await self._next_batch()
+            writes = sum(1 for item in batch if not isinstance(item, asyncio.Future))
+            upto = self._writes_committed + writes
+            marks = self._marks_due(upto)
             try:
-                await self.db.execute("BEGIN IMMEDIATE")
-                for sql, rows in groups:
-                    await self.db.executemany(sql, rows)
-                await self.db.execute("COMMIT")
-                self.rows_written += len(writes)
-                self.batches_written += 1
-            except Exception:
-                log.exception("batch of %d writes failed; rolled back", len(writes))
-                with contextlib.suppress(Exception):
-                    await self.db.execute("ROLLBACK")
+                await self._commit(batch, marks)
+            except Exception as exc:
+                self.write_failures += 1
+                reason = f"{type(exc).__name__}: {exc}"
+                if self.failure is None:
+                    log.error("batch of %d writes failed (%s); retrying", writes, reason)
+                self.failure = reason
+                self._fail_waiters(batch, reason)
+                # back to the front, in order: nothing is dropped, nothing overtakes it
+                self._pending.extendleft(
+                    reversed([i for i in batch if not isinstance(i, asyncio.Future)])
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max)
+                continue
+            self._writes_committed = upto
+            self._drop_marks(upto)
+            if self.failure is not None:
+                log.warning("writes succeed again (%d failed attempts so far)", self.write_failures)
+                self.failure = None
+            delay = self.retry_initial
+            for item in batch:
+                if isinstance(item, asyncio.Future) and not item.done():
+                    item.set_result(None)
+
+    def _fail_waiters(self, batch: Sequence[QueueItem], reason: str) -> None:
+        """Every flush waiting now fails: the barrier cannot hold while writes fail."""
+        error = StorageUnavailable(f"writes are failing: {reason}")
+        waiting = [i for i in batch if isinstance(i, asyncio.Future)]
+        if self._waiters:
+            kept: deque[QueueItem] = deque()
+            for item in self._pending:
+                if isinstance(item, asyncio.Future):
+                    waiting.append(item)
+                else:
+                    kept.append(item)
+            self._pending = kept
+            self._waiters = 0
+        for future in waiting:
+            if not future.done():
+                future.set_exception(error)
+
+    async def _commit(self, batch: Sequence[QueueItem], marks: dict[int, SessionMark]) -> None:
+        """Write a batch and the positions it completes in one transaction, or raise."""
+        assert self.db is not None
+        groups: list[tuple[str, list[tuple[Any, ...]]]] = []
+        writes = 0
         for item in batch:
-            if isinstance(item, asyncio.Future) and not item.done():
-                item.set_result(None)
+            if isinstance(item, asyncio.Future):
+                continue
+            sql, params = item
+            writes += 1
+            # group consecutive rows of the same statement into executemany calls
+            if groups and groups[-1][0] == sql:
+                groups[-1][1].append(params)
+            else:
+                groups.append((sql, [params]))
+        if not groups and not marks:
+            return
+        now = time.time()
+        try:
+            await self.db.execute("BEGIN IMMEDIATE")
+            for sql, rows in groups:
+                await self.db.executemany(sql, rows)
+            if marks:
+                await self.db.executemany(
+                    UPSERT_SESSION,
+                    [
+                        (m.shard_id, m.shard_count, m.session_id, m.resume_url, m.sequence, now)
+                        for m in marks.values()
+                    ],
+                )
+            await self.db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.db.execute("ROLLBACK")
+            raise
+        self.rows_written += writes
+        self.batches_written += 1
 
     # -- event writes (queued) ----------------------------------------------------------------------
 
@@ -469,15 +717,43 @@ class GuildStore:
             (guild_id, epoch, state),
         )
 
+    @contextlib.asynccontextmanager
+    async def _bulk_connection(self) -> AsyncIterator[aiosqlite.Connection]:
+        """A connection of its own for a migration's one big transaction (import, delete).
+
+        Not the batch writer's: a transaction opened on the shared connection would let
+        the writer's batches run inside it (or fail with "cannot start a transaction within
+        a transaction" and roll it back half-done). On its own connection the import simply
+        takes SQLite's write lock and the writer waits for it (busy timeout)."""
+        if self.path == ":memory:":  # one database per connection: only the shared one sees it
+            assert self.db is not None
+            yield self.db
+            return
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        try:
+            await conn.execute("PRAGMA busy_timeout=30000")
+            await conn.execute("PRAGMA synchronous=NORMAL")
+            yield conn
+        finally:
+            await conn.close()
+
     async def export_guild(
-        self, guild_id: int, *, mode: str = "full", since_id: int = 0, since_time: float = 0.0
+        self,
+        guild_id: int,
+        *,
+        mode: str = "full",
+        since_id: int = 0,
+        since_time: float = 0.0,
+        message_ids: Collection[int] | None = None,
     ) -> dict[str, Any]:
         """The guild's rows (held events excluded) with counts, totals and a checksum.
 
         ``full``: every row. ``precopy``: message rows only, taken before the freeze so
         the bulk of a guild moves while it still runs. ``delta``: after the freeze, the
-        message rows newer than ``since_id`` or deleted since ``since_time``, plus the
-        small tables whole. ``totals`` are the full row counts the target must end with.
+        message rows changed since the pre-copy (``message_ids``, tracked by the gate;
+        without them, the rows newer than ``since_id`` or deleted since ``since_time``),
+        plus the small tables whole. ``totals`` are the full row counts the target must
+        end with. The checksum runs off the event loop: a pre-copy is 100k rows.
         """
         if mode not in ("full", "precopy", "delta"):
             raise ValueError(f"unknown export mode {mode!r}")
@@ -485,7 +761,10 @@ class GuildStore:
         snapshot_time = time.time()
         rows: dict[str, list[list[Any]]] = {}
         for table, cols in EXPORT_COLUMNS.items():
-            where, params = "guild_id = ?", [guild_id]
+            where, params = "guild_id = ?", list[Any]([guild_id])
+            if table == "message_stats" and mode == "delta" and message_ids is not None:
+                rows[table] = await self._rows_by_id(guild_id, cols, sorted(message_ids))
+                continue
             if table == "message_stats" and mode == "delta":
                 where += " AND (message_id > ? OR deleted_at >= ?)"
                 params += [since_id, since_time]
@@ -504,10 +783,28 @@ class GuildStore:
             "rows": rows,
             "counts": {t: len(r) for t, r in rows.items()},
             "totals": totals,
-            "checksum": checksum(rows),
+            "checksum": await asyncio.to_thread(checksum, rows),
             "max_message_id": top[0][0] or 0,
             "snapshot_time": snapshot_time,
         }
+
+    async def _rows_by_id(
+        self, guild_id: int, cols: Sequence[str], ids: list[int]
+    ) -> list[list[Any]]:
+        """Message rows by primary key, in export order (``ids`` sorted), a chunk at a time."""
+        out: list[list[Any]] = []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            marks = ", ".join("?" for _ in chunk)
+            out += [
+                list(r)
+                for r in await self._all(
+                    f"SELECT {', '.join(cols)} FROM message_stats WHERE guild_id = ?"
+                    f" AND message_id IN ({marks}) ORDER BY message_id",
+                    (guild_id, *chunk),
+                )
+            ]
+        return out
 
     async def import_guild(
         self, guild_id: int, epoch: int, payload: dict[str, Any]
@@ -528,46 +825,48 @@ class GuildStore:
         if (
             set(rows) != set(EXPORT_COLUMNS)
             or {t: len(r) for t, r in rows.items()} != counts
-            or checksum(rows) != expected
+            or await asyncio.to_thread(checksum, rows) != expected
         ):
             raise ImportError_("rows do not match their counts or checksum")
         if any(row[0] != guild_id for table_rows in rows.values() for row in table_rows):
             raise ImportError_("rows of another guild in the import")
         await self.flush()
-        assert self.db is not None
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
-            for table, cols in EXPORT_COLUMNS.items():
-                if mode == "precopy" and table != "message_stats":
-                    continue
-                upsert = mode == "delta" and table == "message_stats"
-                if not upsert:
-                    await self.db.execute(f"DELETE FROM {table} WHERE guild_id = ?", (guild_id,))
-                marks = ", ".join("?" for _ in cols)
-                verb = "INSERT OR REPLACE" if upsert else "INSERT"
-                await self.db.executemany(
-                    f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({marks})", rows[table]
-                )
-            for table in EXPORT_COLUMNS:  # read back inside the transaction: the totals must hold
-                if mode == "precopy" and table != "message_stats":
-                    continue
-                async with self.db.execute(
-                    f"SELECT count(*) FROM {table} WHERE guild_id = ?", (guild_id,)
-                ) as cur:
-                    row = await cur.fetchone()
-                want = counts[table] if mode == "precopy" else totals[table]
-                if row is None or row[0] != want:
-                    raise ImportError_(f"{table}: {row and row[0]} rows stored, {want} expected")
-            if mode != "precopy":
-                await self.db.execute(
-                    "INSERT INTO guild_fences (guild_id, epoch, state) VALUES (?, ?, 'holding')"
-                    " ON CONFLICT (guild_id) DO UPDATE SET epoch = excluded.epoch",
-                    (guild_id, epoch),
-                )
-            await self.db.execute("COMMIT")
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
+        async with self._bulk_connection() as db:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for table, cols in EXPORT_COLUMNS.items():
+                    if mode == "precopy" and table != "message_stats":
+                        continue
+                    upsert = mode == "delta" and table == "message_stats"
+                    if not upsert:
+                        await db.execute(f"DELETE FROM {table} WHERE guild_id = ?", (guild_id,))
+                    marks = ", ".join("?" for _ in cols)
+                    verb = "INSERT OR REPLACE" if upsert else "INSERT"
+                    await db.executemany(
+                        f"{verb} INTO {table} ({', '.join(cols)}) VALUES ({marks})", rows[table]
+                    )
+                for table in EXPORT_COLUMNS:  # read back inside the transaction: totals hold
+                    if mode == "precopy" and table != "message_stats":
+                        continue
+                    async with db.execute(
+                        f"SELECT count(*) FROM {table} WHERE guild_id = ?", (guild_id,)
+                    ) as cur:
+                        row = await cur.fetchone()
+                    want = counts[table] if mode == "precopy" else totals[table]
+                    if row is None or row[0] != want:
+                        raise ImportError_(
+                            f"{table}: {row and row[0]} rows stored, {want} expected"
+                        )
+                if mode != "precopy":
+                    await db.execute(
+                        "INSERT INTO guild_fences (guild_id, epoch, state) VALUES (?, ?, 'holding')"
+                        " ON CONFLICT (guild_id) DO UPDATE SET epoch = excluded.epoch",
+                        (guild_id, epoch),
+                    )
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
         return {"mode": mode, "counts": counts, "totals": totals, "checksum": expected}
 
     async def held(self, guild_id: int) -> list[tuple[str, dict[str, Any]]]:
@@ -597,24 +896,25 @@ class GuildStore:
         return len(merged)
 
     async def delete_guild(self, guild_id: int, epoch: int) -> dict[str, int]:
-        """Remove every row of the guild here (after it moved away, or a rolled-back import)."""
+        """Remove every row of the guild here (after it moved away, or a rolled-back import),
+        in one transaction on its own connection (see ``_bulk_connection``)."""
         await self.flush()
-        assert self.db is not None
         counts = {}
-        await self.db.execute("BEGIN IMMEDIATE")
-        try:
-            for table in GUILD_TABLES:
-                cur = await self.db.execute(f"DELETE FROM {table} WHERE guild_id = ?", (guild_id,))
-                counts[table] = cur.rowcount
-            await self.db.execute(
-                "INSERT INTO guild_fences (guild_id, epoch, state) VALUES (?, ?, 'normal')"
-                " ON CONFLICT (guild_id) DO UPDATE SET epoch = excluded.epoch, state = 'normal'",
-                (guild_id, epoch),
-            )
-            await self.db.execute("COMMIT")
-        except BaseException:
-            await self.db.execute("ROLLBACK")
-            raise
+        async with self._bulk_connection() as db:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for table in GUILD_TABLES:
+                    cur = await db.execute(f"DELETE FROM {table} WHERE guild_id = ?", (guild_id,))
+                    counts[table] = cur.rowcount
+                await db.execute(
+                    "INSERT INTO guild_fences (guild_id, epoch, state) VALUES (?, ?, 'normal')"
+                    " ON CONFLICT (guild_id) DO UPDATE SET epoch = excluded.epoch, state = 'normal'",
+                    (guild_id, epoch),
+                )
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
         return counts
 
     async def guild_sizes(self) -> dict[int, int]:

@@ -10,10 +10,18 @@ proxies, pods, operators' tools and other projects compute the same answer local
 """
 
 from .balance import BalancePolicy, HotGuild, LoadView, SkewDetector, SkewState, measure
-from .diff import OwnerChange, TableDiff, diff
-from .hashring import Algorithm, EmptyRingError, HashRing, key_position
+from .diff import Handoff, OwnerChange, TableDiff, diff, route_during
+from .hashring import (
+    MAX_WEIGHT,
+    Algorithm,
+    EmptyRingError,
+    HashRing,
+    InvalidWeight,
+    check_weight,
+    key_position,
+)
 from .planner import Move, Plan, PlanLimits, plan_rebalance
-from .snowflake import MAX_SNOWFLAKE, InvalidGuildId, parse_guild_id, shard_for
+from .snowflake import MAX_GUILD_ID, MAX_SNOWFLAKE, InvalidGuildId, parse_guild_id, shard_for
 from .table import (
     FORMAT_VERSION,
     NoRouteError,
@@ -27,7 +35,9 @@ from .table import (
 
 __all__ = [
     "FORMAT_VERSION",
+    "MAX_GUILD_ID",
     "MAX_SNOWFLAKE",
+    "MAX_WEIGHT",
     "Algorithm",
     "BalancePolicy",
     "HotGuild",
@@ -36,8 +46,11 @@ __all__ = [
     "SkewState",
     "measure",
     "EmptyRingError",
+    "Handoff",
     "HashRing",
     "InvalidGuildId",
+    "InvalidWeight",
+    "check_weight",
     "Move",
     "Plan",
     "PlanLimits",
@@ -53,6 +66,7 @@ __all__ = [
     "diff",
     "key_position",
     "parse_guild_id",
+    "route_during",
     "plan_rebalance",
     "shard_for",
 ]

@@ -12,11 +12,12 @@ carries nothing). The imbalance ratio reported to operators is the classic peak/
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
-from .table import PodState, RoutingTable
+from .snowflake import shard_for
+from .table import NoRouteError, PodState, RoutingTable
 
 __all__ = [
     "BalancePolicy",
@@ -24,7 +25,9 @@ __all__ = [
     "LoadView",
     "SkewDetector",
     "SkewState",
+    "can_improve",
     "measure",
+    "why_not_plan",
 ]
 
 
@@ -39,14 +42,17 @@ class BalancePolicy:
     target_epsilon: float = 0.10  # plans aim at +/- 10% of the fair share
     capacity: float = 0.0  # events/s a pod is sized for; 0: no scale-out advice
     move_budget_per_hour: int = 20
+    # mean events/s per active pod under which the stack is idle: skew among a few
+    # events is noise, and moving guilds for it is churn
+    min_load: float = 1.0
 
     def __post_init__(self) -> None:
         if not 1.0 <= self.clear <= self.threshold:
             raise ValueError("need 1 <= clear <= threshold")
         if self.target_epsilon < 0 or 1 + self.target_epsilon > self.clear:
             raise ValueError("target_epsilon must be >= 0 and land plans below the clear level")
-        if self.hold_down < 0 or self.cooldown < 0 or self.capacity < 0:
-            raise ValueError("hold_down, cooldown and capacity must be >= 0")
+        if self.hold_down < 0 or self.cooldown < 0 or self.capacity < 0 or self.min_load < 0:
+            raise ValueError("hold_down, cooldown, capacity and min_load must be >= 0")
         if self.move_budget_per_hour < 0:
             raise ValueError("move_budget_per_hour must be >= 0")
 
@@ -85,6 +91,10 @@ class LoadView:
         ratios = [self.loads[p] / f for p, f in self.fair.items() if f > 0]
         return 1.0 + max((abs(r - 1.0) for r in ratios), default=0.0)
 
+    def idle(self, policy: BalancePolicy) -> bool:
+        """Under the load floor: too little traffic for skew to mean anything."""
+        return self.mean < policy.min_load
+
     @property
     def empty_pods(self) -> list[str]:
         """Active pods carrying nothing while the others carry load: pods that just joined."""
@@ -103,6 +113,85 @@ class LoadView:
     def dedicated(self) -> list[HotGuild]:
         """Guilds heavier than a pod's fair share: only a pod of their own fixes them."""
         return [h for h in self.hot if h.share > 1.0]
+
+
+def _deviation(load: float, fair: float) -> float:
+    return abs(load / fair - 1.0) if fair > 0 else 0.0
+
+
+def can_improve(view: LoadView, units: Mapping[str, Sequence[float]], margin: float = 0.01) -> bool:
+    """Whether moving one unit (a shard, or a guild on its own) to another active pod
+    lowers the skew by more than ``margin``.
+
+    WHY: units are indivisible, so some skews cannot be evened (4 shards on 4 pods, one of
+    them hot): a planner would produce empty plans, or moves that only shift the peak,
+    round after round. No single improving move is the "cannot improve" signal; a plan
+    made of several moves starts with one improving move, so this never blocks one.
+    """
+    fair = view.fair
+    if len(fair) < 2:
+        return False
+    dev = {p: _deviation(view.loads.get(p, 0.0), f) for p, f in fair.items()}
+    current = max(dev.values(), default=0.0)
+    ranked = sorted(dev.items(), key=lambda kv: -kv[1])[:3]
+
+    def others(*skip: str) -> float:
+        return next((d for p, d in ranked if p not in skip), 0.0)
+
+    for src, sizes in units.items():
+        if src not in view.loads:
+            continue
+        for size in sorted({s for s in sizes if s > 0}):
+            left = view.loads[src] - size
+            src_dev = _deviation(left, fair[src]) if src in fair else 0.0
+            for dst, f in fair.items():
+                if dst == src:
+                    continue
+                after = max(others(src, dst), src_dev, _deviation(view.loads[dst] + size, f))
+                if after < current - margin:
+                    return True
+    return False
+
+
+def why_not_plan(
+    view: LoadView,
+    table: RoutingTable,
+    guild_loads: Mapping[int, float],
+    shard_loads: Mapping[int, float],
+    policy: BalancePolicy,
+) -> str:
+    """Why no plan can help now ("" when one might): an idle stack under the load floor,
+    or units so coarse that no single move lowers the skew (4 shards on 4 pods). Either
+    way a plan would be empty, or churn for nothing."""
+    if view.idle(policy):
+        return (
+            f"idle: {view.mean:.2f} events/s per pod, under the {policy.min_load:g} "
+            "events/s floor; not balancing"
+        )
+    count = table.shard_count
+    if view.skew <= policy.threshold or not count:
+        return ""  # guild-keyed: many small guilds, the planner can always try
+    units: dict[str, list[float]] = {p: [] for p in view.loads}
+    per_shard = dict(shard_loads)
+    for gid, value in guild_loads.items():
+        try:
+            owner = table.owner(gid)
+        except NoRouteError:
+            continue
+        shard = shard_for(gid, count)
+        if table.shard_owner(shard) == owner:
+            per_shard[shard] = per_shard.get(shard, 0.0) + value
+        units.setdefault(owner, []).append(value)  # a guild can also move alone (a pin)
+    for shard, value in per_shard.items():
+        holder = table.shard_owner(shard) if 0 <= shard < count else None
+        if holder is not None:
+            units.setdefault(holder, []).append(value)
+    if can_improve(view, units):
+        return ""
+    return (
+        f"skewed ({view.skew:.2f}), but no move evens it ({count} shard(s) on "
+        f"{len(view.fair)} pod(s)); not planning"
+    )
 
 
 def measure(

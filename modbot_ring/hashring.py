@@ -2,32 +2,55 @@
 
 Two algorithms, one immutable :class:`HashRing`:
 
-``slots`` (default) — a virtual-node ring materialised into a table of 2**20 slots.
-    Each node owns ``round(65_536 * weight)`` points on a 64-bit circle, read from a
-    SHAKE-256 stream seeded by its name (so the points are the same on every machine,
-    names can never collide the way ``"gateway-1" + "10"`` and ``"gateway-11" + "0"``
-    do, and raising a weight only *appends* points). Slot ``s`` belongs to the owner of
-    the first point at or after the slot's start, found once at build time; a lookup is
-    then one multiply-shift of the key and one list index. Every slot is decided by the
-    same rule as a plain ring, so the ring's guarantees hold exactly: adding a node moves
-    slots only *to* it, removing one moves only *its* slots, and nothing moves between
-    the other nodes.
+``slots`` (default, v2) — a ring of a fixed number of points per node, resolved into a
+    table of 2**20 slots. Every node has POINTS_PER_NODE (8,192) points whatever its
+    weight, read from SHAKE-256 streams seeded by its name (the same on every machine
+    and Python; ``"gateway-1" + "10"`` cannot collide with ``"gateway-11" + "0"``).
+    Slot ``j`` belongs to the node whose latest point at or before the slot's end is
+    nearest *after dividing the distance by the node's weight* (a multiplicatively
+    weighted ring: with Poisson points, node i wins a position with probability
+    w_i / sum(w)). That rule gives every slot a fixed ranking of all possible nodes,
+    so the guarantees hold exactly, for any weights: adding a node moves slots only
+    *to* it, removing one moves only *its* slots, raising a weight moves slots only to
+    that node, and nothing ever moves between the other nodes (``tests/
+    test_hashring.py`` checks it over random weighted pod sets). A lookup is one
+    multiply, one modulo and two indexes into a 1 MiB table (2 MiB past 254 nodes).
 
-    Why this and not the alternatives (1,000,000 random 64-bit keys, 10 nodes, CPython
-    3.11 on 2 cores; see ``benchmarks/RESULTS.md`` for the full table):
+    Equal weights (any value: weights are relative) build without sorting: points are
+    written layer by layer into the table, so the last write is the latest point, and
+    empty slots are filled from the left at memcpy speed. Unequal weights run an exact
+    sweep over the sorted points (a lower envelope of lines, one sixteenth of the
+    circle at a time to bound memory), which costs 3-9x the equal-weight build (1 s
+    CPU at 100 pods, 9 s and 27 MiB at 1,000).
 
-    * a bisect ring (uhashring's 160 vnodes) does ~0.7 M lookups/s and peaks at
-      1.11x the mean load; 1,000 vnodes only reach 1.03-1.05;
-    * Maglev balances perfectly but moves keys *between* surviving nodes when the
-      membership changes, which for us means migrating data that need not move;
-    * jump hash needs nodes numbered 0..n-1 and cannot remove ``gateway-3``;
-    * weighted rendezvous is exact but costs O(nodes) per lookup.
+    Measured (``benchmarks/ring_bench.py``, RESULTS.md; 2 shared vCPUs, CPU seconds):
 
-    The slot table keeps the ring's minimal movement and reaches a worst-case peak/mean
-    of about 1.01 over 20 pod-name sets, at ~4x uhashring's lookup rate (~10x when the
-    routing table keys by Discord shard and only indexes a per-shard list). The price
-    is an 8 MiB table and a build of a few tenths of a second per membership change,
-    cached per membership so that pin changes never rebuild it.
+    * build: 0.02 s at 3 pods, 0.04 s at 10, 0.2 s at 100, 1.1 s at 1,000, the same at
+      weight 1 and 100; peak memory 12 MiB or less. v1 placed 65,536 points per unit of
+      weight: 7.0 s and 463 MiB for 100 pods at weight 1, and 100x that at weight 100.
+    * balance (exact key-space shares): peak/mean 1.00-1.02 at 3-12 pods, 1.033 worst
+      over 20 pod-name sets of 3-100 pods (v1: 1.014 over ten-pod sets only). A node's
+      share is a sum of 8,192 random arcs, ~1.1% spread per node, so weights 2:1 come
+      out with the worst of ten pods 2.7% off. 16,384 points per node gave 1.029 worst
+      at twice the build time: the build budget, not the rule, sets the spread.
+    * movement: exactly the new pod's share on add (<= 1.02x the ideal 1/(n+1)), the
+      removed pod's on remove, 0 slots between surviving pods.
+
+    Why not exact balance: any scheme where removing a node moves only that node's
+    keys must, per slot, pick the top of one fixed ranking of nodes (remove everyone
+    but the winner and a rival, one at a time: the winner never changes), so a node's
+    share is a sum of random pieces: at n pods a 2**20-slot table gives each about
+    S / n independent pieces, ~1% spread at 100 pods, ~1.03 for the worst of 100.
+    Rebalancing the table to exact shares (measured: surplus slots of over-weight
+    nodes handed to under-weight ones in hash order) reaches 1.0000 but then adding an
+    11th pod moved 0.17% of all keys between surviving pods, and removing one 0.30%:
+    data migrated for nothing. We keep the guarantee and take the ~1-3% spread;
+    shard-keyed tables are evened by the planner anyway (256-1,024 shards over a few
+    pods are far coarser than that). Also rejected: Maglev (moves keys between
+    survivors), jump hash / AnchorHash / MementoHash (buckets numbered 0..n-1 or a
+    removal history: the table must be a function of the pod set alone), bounded-load
+    hashing (cascades between survivors), weighted rendezvous per slot (n x 2**20
+    hashes per build) and uhashring's bisect ring (0.9 M lookups/s, 1.11 peak/mean).
 
 ``ketama`` — libketama's continuum, answer-for-answer equal to ``uhashring.HashRing(
     nodes, hash_fn="ketama")`` (40 vnodes x 4 replicas of MD5, keys hashed as
@@ -43,38 +66,53 @@ import hashlib
 import math
 import sys
 from bisect import bisect_right
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from enum import StrEnum
 from functools import lru_cache
-from itertools import chain, repeat
-from operator import and_, lshift, ne, or_, rshift, sub
+from itertools import chain, compress, islice, repeat
+from operator import lshift, mod, mul, ne, or_, sub
 from types import MappingProxyType
 
 __all__ = [
-    "POINTS_PER_WEIGHT",
+    "LAYERS",
+    "MAX_WEIGHT",
+    "POINTS_PER_NODE",
     "SLOT_BITS",
     "Algorithm",
     "EmptyRingError",
     "HashRing",
+    "InvalidWeight",
     "key_position",
 ]
 
 SLOT_BITS = 20
-POINTS_PER_WEIGHT = 65_536
-MAX_WEIGHT = 1_000.0
+POINTS_PER_NODE = 8_192
+LAYERS = 16
+MAX_WEIGHT = 100.0
 MAX_NODE_NAME = 255
 
 _SLOTS = 1 << SLOT_BITS
 _SLOT_SHIFT = 64 - SLOT_BITS
 _MASK64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15  # 2**64 / phi: Fibonacci hashing's multiplier
-_POINT_SEED = b"modbot-ring/slots/v1\x00"
-_TAG_BITS = 16
-_TAG_MASK = (1 << _TAG_BITS) - 1
-MAX_NODES = 1 << _TAG_BITS
+# int keys: slot = key * _MUL % _MOD. _MOD is the largest prime below 2**20, _MUL is
+# _MOD / phi: consecutive keys (shard numbers) land a golden-ratio step apart, and
+# random 63-bit guild ids spread evenly. Two small-int operations: the fast path.
+_MOD = 1_048_573
+_MUL = 648_054
+_POINT_SEED = b"modbot-ring/slots/v2\x00"
+_TIE_SEED = b"modbot-ring/ties/v2\x00"
+_CHUNKS = 16  # each node has exactly POINTS_PER_NODE / LAYERS / _CHUNKS points per
+_CHUNK_SHIFT = SLOT_BITS - 4  # layer in each sixteenth of the circle
+_POS_SHIFT = 4 + 32 + 16  # below a point's slot: its layer, tie and name rank
+_WEIGHT_SCALE = 1 << 24  # weights compared as exact integers: w * 2**24, rounded
+MAX_NODES = (1 << 16) - 1  # a slot holds a node's index + 1 in 16 bits (0: empty)
 
 _KETAMA_VNODES = 40
 _KETAMA_REPLICAS = 4
+
+
+_Index = bytes | array.array  # type: ignore[type-arg]
 
 
 class Algorithm(StrEnum):
@@ -86,17 +124,22 @@ class EmptyRingError(LookupError):
     """A lookup on a ring with no nodes."""
 
 
+class InvalidWeight(ValueError):
+    """A node weight outside (0, MAX_WEIGHT], or not a number (see :func:`check_weight`)."""
+
+
 def key_position(key: int | str | bytes) -> int:
     """The 64-bit circle position of ``key`` under the ``slots`` algorithm.
 
-    Ints (0 .. 2**64-1, e.g. guild ids) are mixed arithmetically, which is what makes
-    routing fast; ``str`` and ``bytes`` go through BLAKE2b. ``get(123)`` and
-    ``get("123")`` are therefore different keys, as they are in any typed store.
+    Ints (0 .. 2**64-1, e.g. guild ids) map to slot ``key * _MUL % _MOD`` (one
+    multiply and one modulo: what makes routing fast); ``str`` and ``bytes`` go through
+    BLAKE2b. ``get(123)`` and ``get("123")`` are therefore different keys, as they are
+    in any typed store. The slot is the position's top SLOT_BITS bits.
     """
     if type(key) is int:
         if not 0 <= key <= _MASK64:
             raise ValueError(f"int keys must be in 0 .. 2**64-1, got {key}")
-        return ((key ^ (key >> 31)) * _GOLDEN) & _MASK64
+        return (key * _MUL % _MOD) << _SLOT_SHIFT
     if isinstance(key, str):
         data = key.encode("utf-8", "surrogatepass")
     elif isinstance(key, (bytes, bytearray, memoryview)):
@@ -111,11 +154,12 @@ def key_position(key: int | str | bytes) -> int:
 class HashRing:
     """An immutable consistent-hash ring. Changing it returns a new ring."""
 
-    __slots__ = ("_algorithm", "_owners", "_points", "_table", "_weights")
+    __slots__ = ("_algorithm", "_index", "_names", "_owners", "_points", "_weights")
 
     _algorithm: Algorithm
     _weights: Mapping[str, float]
-    _table: list[str]
+    _names: tuple[str, ...]  # "" (empty slot: never left after a build), then the nodes
+    _index: _Index  # per slot: 1 + the owner's position in the nodes
     _points: list[int]
     _owners: list[str]
 
@@ -141,10 +185,11 @@ class HashRing:
             raise ValueError(f"a ring holds at most {MAX_NODES} nodes, got {len(weights)}")
         frozen = tuple(sorted(weights.items()))
         self._weights = MappingProxyType(dict(frozen))
-        self._table, self._points, self._owners = [], [], []
-        if self._algorithm is Algorithm.SLOTS:
-            self._table = _slot_table(frozen)
-        else:
+        self._names, self._index, self._points, self._owners = (), b"", [], []
+        if self._algorithm is Algorithm.SLOTS and frozen:
+            self._names = ("", *(name for name, _ in frozen))
+            self._index = _slot_table(frozen)
+        elif self._algorithm is Algorithm.KETAMA:
             self._points, self._owners = _ketama_continuum(frozen)
 
     # -- reading -------------------------------------------------------------------
@@ -163,15 +208,19 @@ class HashRing:
         if not self._weights:
             raise EmptyRingError("the ring has no nodes")
         if self._algorithm is Algorithm.SLOTS:
-            return self._table[key_position(key) >> _SLOT_SHIFT]
+            return self._names[self._index[key_position(key) >> _SLOT_SHIFT]]
         return self._ketama_get(key)
 
-    def getter(self, overrides: Mapping[int, str] | None = None) -> Callable[[int], str]:
+    def getter(
+        self, overrides: Mapping[int, str] | None = None, *, frozen: bool = False
+    ) -> Callable[[int], str]:
         """A fast ``int key -> node`` function that consults ``overrides`` first.
 
-        This is the routing hot path: one dict probe and, for ``slots``, a few integer
-        operations and a list index, all bound into a closure. Keys must be ints in
+        This is the routing hot path: one dict probe and, for ``slots``, two small-int
+        operations and two indexes, all bound as locals. Keys must be ints in
         0 .. 2**64-1; nothing is validated here, callers parse ids once at the edge.
+        ``frozen=True`` promises that ``overrides`` never changes: past 65,536 of them a
+        1-byte-per-bucket filter (see :func:`override_filter`) then skips most dict probes.
         """
         if not self._weights:
             probe = (overrides or {}).get
@@ -187,15 +236,40 @@ class HashRing:
             ketama = self._ketama_get
             if not overrides:
                 return ketama
-            get = overrides.get
-            return lambda key: get(key) or ketama(key)
-        table = self._table
+            pinned = overrides.get
+            return lambda key: pinned(key) or ketama(key)
+        names, index = self._names, self._index
+        assert (_MUL, _MOD) == (648_054, 1_048_573)  # literals below: constants, not globals
         if not overrides:
-            return lambda key: table[(((key ^ (key >> 31)) * _GOLDEN) & _MASK64) >> _SLOT_SHIFT]
-        get = overrides.get
 
-        def owner(key: int) -> str:
-            return get(key) or table[(((key ^ (key >> 31)) * _GOLDEN) & _MASK64) >> _SLOT_SHIFT]
+            def ring_owner(key: int, names: tuple[str, ...] = names, index: _Index = index) -> str:
+                return names[index[key * 648_054 % 1_048_573]]
+
+            return ring_owner
+        get: Callable[[int], str | None] = overrides.get
+        flags = override_filter(overrides) if frozen else None
+        if flags is not None:
+
+            def filtered(
+                key: int,
+                flags: bytearray = flags,
+                get: Callable[[int], str | None] = get,
+                names: tuple[str, ...] = names,
+                index: _Index = index,
+            ) -> str:
+                if flags[key % 8_388_593]:
+                    return get(key) or names[index[key * 648_054 % 1_048_573]]
+                return names[index[key * 648_054 % 1_048_573]]
+
+            return filtered
+
+        def owner(
+            key: int,
+            pins: Mapping[int, str] = overrides,
+            names: tuple[str, ...] = names,
+            index: _Index = index,
+        ) -> str:  # "in" then "[]": no method call on the common miss
+            return pins[key] if key in pins else names[index[key * 648_054 % 1_048_573]]
 
         return owner
 
@@ -204,10 +278,8 @@ class HashRing:
         if not self._weights:
             return {}
         if self._algorithm is Algorithm.SLOTS:
-            counts = dict.fromkeys(self._weights, 0)
-            for name in self._table:
-                counts[name] += 1
-            return {name: count / _SLOTS for name, count in counts.items()}
+            counts = Counter(self._index)
+            return {name: counts[i] / _SLOTS for i, name in enumerate(self._names) if i}
         arcs = dict.fromkeys(self._weights, 0)
         points = self._points
         for i, name in enumerate(self._owners):
@@ -227,6 +299,11 @@ class HashRing:
         # Ketama, or mixed algorithms: measure on a fixed, evenly spread sample.
         sample = range(1, 1 << 64, (1 << 64) // 65_536)
         return sum(self.get(k) != other.get(k) for k in sample) / len(sample)
+
+    @property
+    def _table(self) -> list[str]:
+        """Slot -> owner name, expanded (1M entries): for tests and benchmarks."""
+        return list(map(self._names.__getitem__, self._index))
 
     def _ketama_get(self, key: object) -> str:
         digest = hashlib.md5(str(key).encode("utf-8")).digest()
@@ -270,6 +347,24 @@ class HashRing:
         return f"HashRing({{{nodes}}}, algorithm={self._algorithm.value!r})"
 
 
+# -- lookups with many overrides -----------------------------------------------------
+
+FILTER_MIN = 1 << 16
+_FILTER_BUCKETS = 8_388_593  # a prime near 2**23: 8 MiB, ~11% of buckets set by 1M keys
+
+
+def override_filter(overrides: Mapping[int, str]) -> bytearray | None:
+    """For a large, fixed override map: one byte per bucket of ``key % 8,388,593``, set
+    where some override falls. A lookup that finds 0 skips the dict probe, which with
+    a million pins costs two or three cache misses; ~89% of unpinned keys do.
+    ``None`` below FILTER_MIN overrides, where the probe is cheaper than the filter."""
+    if len(overrides) < FILTER_MIN:
+        return None
+    flags = bytearray(_FILTER_BUCKETS)
+    any(map(flags.__setitem__, map(mod, overrides, repeat(_FILTER_BUCKETS)), repeat(1)))
+    return flags
+
+
 # -- validation ----------------------------------------------------------------------
 
 
@@ -280,63 +375,225 @@ def check_node_name(name: object) -> None:
         raise ValueError(f"node name {name[:40]!r} is too long or not printable")
 
 
-def check_weight(name: str, weight: object, algorithm: Algorithm) -> float:
+def check_weight(name: str, weight: object, algorithm: Algorithm = Algorithm.SLOTS) -> float:
+    """Weights are relative shares in (0, MAX_WEIGHT]: 2 means twice the keys of 1.
+
+    Why a bound at all, when the build no longer costs more per unit of weight: a
+    weight is an operator's statement about pod sizes, and a 100:1 spread already
+    covers the largest and smallest pod anyone runs side by side; a typo such as 883
+    or 1e9 should be refused, not silently give one pod every key. Raises
+    :class:`InvalidWeight` (a ``ValueError``)."""
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-        raise ValueError(f"weight of {name!r} must be a number, got {weight!r}")
+        raise InvalidWeight(f"weight of {name!r} must be a number, got {weight!r}")
     if algorithm is Algorithm.KETAMA:
         if not isinstance(weight, int) and not float(weight).is_integer():
-            raise ValueError(f"ketama weights are whole numbers, got {weight!r} for {name!r}")
+            raise InvalidWeight(f"ketama weights are whole numbers, got {weight!r} for {name!r}")
         weight = int(weight)
     if not (math.isfinite(weight) and 0 < weight <= MAX_WEIGHT):
-        raise ValueError(f"weight of {name!r} must be in (0, {MAX_WEIGHT:g}], got {weight!r}")
+        raise InvalidWeight(f"weight of {name!r} must be in (0, {MAX_WEIGHT:g}], got {weight!r}")
+    if round(weight * _WEIGHT_SCALE) == 0:
+        raise InvalidWeight(f"weight of {name!r} is too small: {weight!r}")
     return weight
 
 
 # -- building (cached: tables sharing a membership share one ring) ----------------------
 
 
-def _node_points(name: str, weight: float) -> array.array[int]:
-    """The node's ring points: a deterministic SHAKE-256 stream, read little-endian."""
-    count = max(1, round(POINTS_PER_WEIGHT * weight))
-    points = array.array("Q")
-    assert points.itemsize == 8
-    points.frombytes(hashlib.shake_256(_POINT_SEED + name.encode()).digest(8 * count))
+def _layer_points(name: str, layer: int) -> array.array[int]:
+    """The node's points in one layer: a deterministic SHAKE-256 stream seeded by the
+    layer and the name, read as little-endian uint16. Point k lies in sixteenth
+    ``k // per chunk`` of the circle, at the value's slot within it (the layer and tie
+    order points within a slot). One layer at a time, so that a build never holds
+    every node's points at once."""
+    raw = array.array("H")
+    assert raw.itemsize == 2 and _CHUNK_SHIFT == 16
+    seed = _POINT_SEED + bytes((layer,)) + name.encode()
+    raw.frombytes(hashlib.shake_256(seed).digest(2 * (POINTS_PER_NODE // LAYERS)))
     if sys.byteorder == "big":
-        points.byteswap()
-    return points
+        raw.byteswap()
+    return raw
 
 
-@lru_cache(maxsize=16)
-def _slot_table(weights: tuple[tuple[str, float], ...]) -> list[str]:
-    if not weights:
-        return []
-    # Ring semantics, decided once per slot: a slot's start resolves to the smallest
-    # point at or after it, i.e. the smallest point inside the slot if it has one,
-    # else the next occupied slot's (clockwise), wrapping past the last point.
-    # Points carry their node's index in 16 extra low bits; after a descending sort,
-    # dict() keeps each slot's *last* value, i.e. its smallest point, and inserts the
-    # slots in descending order. All of it runs in C, which keeps a 10-node build
-    # (655,360 points) near half a second in pure Python.
+def _chunk_base() -> list[int]:
+    """Added to a layer's points: point k of a layer lies in sixteenth k // (per chunk)."""
+    per_chunk = POINTS_PER_NODE // LAYERS // _CHUNKS
+    return [r << _CHUNK_SHIFT for r in range(_CHUNKS) for _ in range(per_chunk)]
+
+
+def _layer_ties(name: str) -> list[int]:
+    """Per layer, the node's 32-bit tie value: which of two points sharing a slot and a
+    layer is *later* on the circle. A property of the node alone, like its points."""
+    digest = hashlib.shake_256(_TIE_SEED + name.encode()).digest(4 * LAYERS)
+    return [int.from_bytes(digest[4 * v : 4 * v + 4], "little") for v in range(LAYERS)]
+
+
+Index = bytearray | array.array  # type: ignore[type-arg]
+
+
+@lru_cache(maxsize=8)
+def _slot_table(weights: tuple[tuple[str, float], ...]) -> bytes | array.array[int]:
+    """Per slot, 1 + the owner's position in ``weights``: bytes below 255 nodes (1 MiB),
+    else 16-bit (2 MiB). Small enough to stay in cache on the lookup path."""
     names = [name for name, _ in weights]
-    tagged: list[int] = []
-    for index, (name, weight) in enumerate(weights):
-        tagged.extend(
-            map(or_, map(lshift, _node_points(name, weight), repeat(_TAG_BITS)), repeat(index))
-        )
-    tagged.sort(reverse=True)
-    winners = dict(
-        zip(
-            map(rshift, tagged, repeat(_SLOT_SHIFT + _TAG_BITS)),
-            map(and_, tagged, repeat(_TAG_MASK)),
-        )
-    )
-    occupied = list(winners)
-    occupied.reverse()
-    owners = [names[winners[slot]] for slot in occupied]
-    runs = map(sub, occupied, [-1, *occupied[:-1]])
-    table = list(chain.from_iterable(map(repeat, owners, runs)))
-    table.extend(repeat(owners[0], _SLOTS - len(table)))
+    ties = [_layer_ties(name) for name in names]
+    index: Index = bytearray(_SLOTS) if len(names) < 255 else array.array("H", bytes(2 * _SLOTS))
+    if len({round(w * _WEIGHT_SCALE) for _, w in weights}) == 1:
+        _uniform_owners(names, ties, index)
+    else:
+        _weighted_owners(names, [w for _, w in weights], ties, index)
+    return _fill(index, len(names))
+
+
+def _uniform_owners(names: list[str], ties: list[list[int]], index: Index) -> None:
+    """Equal weights: slot ``j`` goes to the *latest* point inside it, in circle order
+    (slot, layer, tie, name). Writing layer by layer, each layer's nodes in (tie, name)
+    order, makes the last write the latest point: no sort, one C-level pass per point."""
+    put = index.__setitem__
+    base = _chunk_base()
+    order = range(len(names))
+    for v in range(LAYERS):
+        for i in sorted(order, key=lambda i: (ties[i][v], names[i])):
+            layer = _layer_points(names[i], v)
+            slot_of = map(or_, base, layer)
+            any(map(put, slot_of, repeat(i + 1)))
+
+
+def _fill(index: Index, count: int) -> bytes | array.array[int]:
+    """Empty slots (0) take the owner of the latest point before them, wrapping around.
+    C-level throughout: the occupied slots, then each owner repeated over its run (as
+    ``bytes * run`` when runs are long, element by element when they are short)."""
+    occupied = array.array("I", compress(range(_SLOTS), index))
+    owners = map(index.__getitem__, occupied)
+    runs = map(sub, chain(islice(occupied, 1, None), (_SLOTS,)), occupied)
+    wide = not isinstance(index, bytearray)
+    if len(occupied) > _SLOTS // 8:
+        head = repeat(index[occupied[-1]], occupied[0])
+        filled = chain(head, chain.from_iterable(map(repeat, owners, runs)))
+        return array.array("H", filled) if wide else bytes(filled)
+    units = [array.array("H" if wide else "B", (i,)).tobytes() for i in range(count + 1)]
+    data = bytearray(units[index[occupied[-1]]] * occupied[0])
+    data += b"".join(map(mul, map(units.__getitem__, owners), runs))
+    if not wide:
+        return bytes(data)
+    table = array.array("H")
+    table.frombytes(data)
     return table
+
+
+def _weighted_owners(
+    names: list[str],
+    weights: list[float],
+    ties: list[list[int]],
+    index: Index,
+) -> None:
+    """Unequal weights: slot ``j`` goes to the node whose latest point before the slot's
+    end is nearest *after dividing the distance by the node's weight* (ties: the heavier,
+    then the later point). With equal weights this is exactly :func:`_uniform_owners`.
+
+    A sweep over the points in circle order keeps the only nodes that can still win: a
+    node is out once a node at least as heavy has a later point. What is left is ordered
+    newest and lightest first, oldest and heaviest last, and ownership within a gap
+    moves only towards the heavier end (a lower envelope of lines)."""
+    count = len(names)
+    scale = [round(w * _WEIGHT_SCALE) for w in weights]
+    per_chunk = POINTS_PER_NODE // LAYERS // _CHUNKS
+    # every node's points (32 KiB a node) up to 256 nodes; beyond, each sixteenth
+    # regenerates them, trading hashing for memory
+    kept = [[_layer_points(n, v) for v in range(LAYERS)] for n in names] if count <= 256 else []
+    # A point's circle position: slot, layer, tie, name rank (16 bits each below the slot).
+    lows = [[(((v << 32) | ties[i][v]) << 16) | i for v in range(LAYERS)] for i in range(count)]
+
+    def chunk(r: int) -> list[int]:
+        """The points in the r-th sixteenth of the circle, in circle order: one
+        sixteenth at a time keeps the sort's memory small at 1,000 nodes."""
+        first_slot = r << _CHUNK_SHIFT
+        points: list[int] = []
+        for i in range(count):
+            for v in range(LAYERS):
+                layer = kept[i][v] if kept else _layer_points(names[i], v)
+                raw = layer[r * per_chunk : (r + 1) * per_chunk]
+                slot_of = map(or_, raw, repeat(first_slot))
+                shifted = map(lshift, slot_of, repeat(_POS_SHIFT))
+                points.extend(map(or_, shifted, repeat(lows[i][v])))
+        points.sort()
+        return points
+
+    unit = 1 << _POS_SHIFT
+    circle = _SLOTS << _POS_SHIFT
+
+    # The stack at the circle's start: walking back from the end, each node that is
+    # heavier than every later one (the Pareto frontier), until the heaviest appears.
+    heaviest = max(scale)
+    stack_pos: list[int] = []
+    stack_node: list[int] = []
+    seen_max = 0
+    for p in chain.from_iterable(reversed(chunk(r)) for r in reversed(range(_CHUNKS))):
+        node = p & 0xFFFF
+        if scale[node] > seen_max:
+            stack_pos.insert(0, p - circle)
+            stack_node.insert(0, node)
+            seen_max = scale[node]
+            if seen_max == heaviest:
+                break
+
+    def better(a: int, b: int, end: int) -> bool:
+        """Is stack entry ``a`` nearer (scaled) than entry ``b`` at position ``end``?"""
+        na, nb = stack_node[a], stack_node[b]
+        left = (end - stack_pos[a]) * scale[nb]
+        right = (end - stack_pos[b]) * scale[na]
+        if left != right:
+            return left < right
+        return (scale[na], stack_pos[a]) > (scale[nb], stack_pos[b])
+
+    def owner_at(end: int, first: int) -> int:
+        best = first
+        for k in range(first - 1, -1, -1):
+            if better(k, best, end):
+                best = k
+        return best
+
+    def emit(start: int, stop: int) -> None:
+        """Owners of slots start .. stop-1, all inside one gap between points."""
+        current = owner_at((start + 1) * unit - 1, len(stack_node) - 1)
+        j = start
+        while True:
+            index[j] = stack_node[current] + 1
+            if current == 0:  # the heaviest: nothing can overtake it within the gap
+                return
+            nc, pc = stack_node[current], stack_pos[current]
+            switch = stop
+            for k in range(current - 1, -1, -1):
+                nk = stack_node[k]
+                # entry k wins at y once (y - p_k) * s_c <= (y - p_c) * s_k (ties: the
+                # heavier k), i.e. y >= (p_c * s_k - p_k * s_c) / (s_k - s_c)
+                y = -((stack_pos[k] * scale[nc] - pc * scale[nk]) // (scale[nk] - scale[nc]))
+                jk = -(-(y + 1) // unit) - 1  # first slot whose last position is >= y
+                if jk < switch:
+                    switch = jk
+            if switch >= stop:
+                return
+            j = max(switch, j + 1)
+            current = owner_at((j + 1) * unit - 1, current)
+
+    def advance(p: int, stop: int) -> None:
+        weight = scale[p & 0xFFFF]
+        while stack_node and scale[stack_node[-1]] <= weight:
+            stack_pos.pop()
+            stack_node.pop()
+        stack_pos.append(p)
+        stack_node.append(p & 0xFFFF)
+        start = p >> _POS_SHIFT
+        if start != stop:
+            emit(start, stop)
+
+    points = chain.from_iterable(map(chunk, range(_CHUNKS)))
+    previous = next(points)
+    if previous >> _POS_SHIFT:
+        emit(0, previous >> _POS_SHIFT)  # the gap that wraps past the end of the circle
+    for p in points:
+        advance(previous, p >> _POS_SHIFT)
+        previous = p
+    advance(previous, _SLOTS)
 
 
 @lru_cache(maxsize=16)

@@ -29,10 +29,19 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import repeat
+from operator import mod, rshift
 from types import MappingProxyType
 from typing import Any
 
-from .hashring import Algorithm, EmptyRingError, HashRing, check_node_name, check_weight
+from .hashring import (
+    Algorithm,
+    EmptyRingError,
+    HashRing,
+    check_node_name,
+    check_weight,
+    override_filter,
+)
 from .snowflake import MAX_SNOWFLAKE, InvalidGuildId, parse_guild_id, shard_for
 
 __all__ = [
@@ -193,7 +202,7 @@ class RoutingTable:
         self._shards_by_pod: dict[str, tuple[int, ...]] | None = None
         self._shard_owners: list[str | None] = []
         if shard_count is None and len(self._ring):
-            self.owner = self._ring.getter(self._pins)
+            self.owner = self._ring.getter(self._pins, frozen=True)
         elif shard_count is None:
             self.owner = _pins_only_owner(self._pins)
         else:
@@ -201,6 +210,22 @@ class RoutingTable:
                 self._shard_pins.get(s) or self._ring_owner(s) for s in range(shard_count)
             ]
             self.owner = _shard_keyed_owner(self._pins, self._shard_owners, shard_count)
+            # eagerly, here: tables are built in worker threads, shards_for() is read on
+            # event loops (the gateway's session manager), and 1M pins take a moment
+            self._shards_by_pod = self._group_shards(shard_count)
+
+    def _group_shards(self, shard_count: int) -> dict[str, tuple[int, ...]]:
+        by_pod: dict[str, set[int]] = {name: set() for name in self._pods}
+        for shard, owner in enumerate(self._shard_owners):
+            if owner is not None:
+                by_pod[owner].add(shard)
+        # (pod, shard) pairs of every pin, deduplicated at C speed: few distinct pairs
+        shards = map(mod, map(rshift, self._pins, repeat(22)), repeat(shard_count))
+        for owner, shard in set(zip(self._pins.values(), shards)):
+            by_pod[owner].add(shard)
+        for gid, target in self._migrating.items():  # the target listens before the flip
+            by_pod[target].add(shard_for(gid, shard_count))
+        return {name: tuple(sorted(s)) for name, s in by_pod.items()}
 
     def _check_shard(self, shard: object) -> int:
         if self._shard_count is None:
@@ -293,18 +318,8 @@ class RoutingTable:
         """Shard ids ``pod`` must open a gateway session for: the shards it owns, the shards
         of guilds pinned to it (see the module docstring) and the shards of guilds being
         migrated to it. Empty when the table keys by guild id."""
-        if self._shard_count is None:
-            return ()
         if self._shards_by_pod is None:
-            by_pod: dict[str, set[int]] = {name: set() for name in self._pods}
-            for shard, owner in enumerate(self._shard_owners):
-                if owner is not None:
-                    by_pod[owner].add(shard)
-            for gid, owner in self._pins.items():
-                by_pod[owner].add(shard_for(gid, self._shard_count))
-            for gid, target in self._migrating.items():  # the target listens before the flip
-                by_pod[target].add(shard_for(gid, self._shard_count))
-            self._shards_by_pod = {name: tuple(sorted(s)) for name, s in by_pod.items()}
+            return ()
         return self._shards_by_pod.get(pod, ())
 
     def pinned_to(self, pod: str) -> list[int]:
@@ -468,9 +483,28 @@ def _shard_keyed_owner(
     get = pins.get
     if None not in shard_owners:
         owners: list[str] = shard_owners  # type: ignore[assignment]
+        flags = override_filter(pins)
+        if flags is not None:
 
-        def owner(guild_id: int) -> str:
-            return get(guild_id) or owners[(guild_id >> 22) % shard_count]
+            def filtered(
+                guild_id: int,
+                flags: bytearray = flags,
+                get: Callable[[int], str | None] = get,
+                owners: list[str] = owners,
+            ) -> str:
+                if flags[guild_id % 8_388_593]:
+                    return get(guild_id) or owners[(guild_id >> 22) % shard_count]
+                return owners[(guild_id >> 22) % shard_count]
+
+            return filtered
+
+        def owner(
+            guild_id: int,
+            pins: dict[int, str] = pins,
+            owners: list[str] = owners,
+            n: int = shard_count,
+        ) -> str:  # "in" then "[]": no method call on the common miss
+            return pins[guild_id] if guild_id in pins else owners[(guild_id >> 22) % n]
 
         return owner
 
@@ -535,7 +569,10 @@ def _load(data: object) -> RoutingTable:
         url = spec["url"]
         if url is not None and not isinstance(url, str):
             raise TableFormatError(f"{where}.url: must be a string or null")
-        pods.append(Pod(name, state, weight, url))
+        try:
+            pods.append(Pod(name, state, weight, url))
+        except ValueError as exc:  # InvalidWeight, a bad name: the reader gets one kind
+            raise TableFormatError(f"{where}: {exc}") from None
     pins = _obj(data["pins"], "pins")  # validated (fast) by the constructor
     if not all(isinstance(p, str) for p in pins.values()):
         raise TableFormatError("pins: pod names must be strings")

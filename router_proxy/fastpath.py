@@ -5,13 +5,37 @@ client session machinery, multidicts); the API path needs far less: parse with
 httptools, route from the in-memory table, copy bytes between two sockets over a
 keep-alive pool. Everything else (dashboard, Discord webhooks, health, metrics) is
 forwarded byte for byte to the aiohttp app on a private Unix socket, where the rules
-of ``proxy.py`` apply unchanged. HEAD, ``Expect`` and ``Upgrade`` requests take the
-aiohttp path too, so the fast path only ever sees plain request/response exchanges.
+of ``proxy.py`` apply unchanged. HEAD and the other body-less-answer methods take the
+aiohttp path, on a connection that is never pooled afterwards.
 
 The API path keeps the proxy's contract: the owner from ``RoutingTable.route``, the
 ``X-Modbot-*`` headers, hop-by-hop headers dropped (RFC 9110 §7.6.1) and bodies
 re-framed, client ``X-Modbot-*`` and ``Authorization`` replaced, per-pod circuit
-breakers, one jittered retry for body-less requests, 503 JSON with ``Retry-After``.
+breakers, one jittered retry for body-less requests (idempotent ones only once the pod
+may have seen them), 503 JSON with ``Retry-After``.
+
+Relaying HTTP/1.1 safely (this is the only public component):
+
+- An upstream connection goes back to the pool only when its response was read in full
+  *and* the request was sent in full; anything else closes it. A pooled connection that
+  still owes bytes would hand one client's response to the next one.
+- ``Expect: 100-continue`` is answered here (``100 Continue`` once the request is routed
+  and the exchange is the connection's current one, or the final error and a close) and
+  not forwarded; other expectations get 417. Interim responses from upstream never end
+  an exchange: ``100`` is absorbed (we asked for none), other 1xx (``103``) are relayed
+  to HTTP/1.1 clients, ``101`` closes both sides (we never ask for an upgrade).
+- Limits, each with the status a client expects: request target (414), header block and
+  header count (431), body per route (413), headers and body that stall (408 and close),
+  idle keep-alive connections (closed), connections per process (503 and close), at
+  most ``MAX_PIPELINE`` requests and about one body limit of their bodies queued per
+  connection (then the socket stops being read; a client we stopped reading is not timed
+  out for it). ``TRACE`` is refused (405): an echo upstream would return our credentials.
+- HTTP/1.0 clients never get chunked framing (close-delimited instead) and are told
+  ``Connection: keep-alive`` when kept alive; an upstream answer with no length and no
+  chunked coding ends at the upstream's close and is relayed whole.
+- The breaker hears only about the pod's health: connect failures, and resets or
+  timeouts of requests the client had sent in full. Any HTTP answer means the pod is up;
+  a client that is slow or sends too much never counts against it.
 """
 
 from __future__ import annotations
@@ -32,21 +56,38 @@ import httptools
 from modbot_ring import InvalidGuildId, NoRouteError, Route, parse_guild_id
 
 from .proxy import HOP_BY_HOP as HOP_BY_HOP_HEADERS
-from .proxy import RouterProxy, Unavailable
+from .proxy import MAX_WEBHOOK_BODY, RouterProxy, Unavailable
 
 log = logging.getLogger("modbot.proxy.fast")
 
 API_PREFIX = b"/api/guilds/"
 ROUTE_NAME = "/api/guilds/{guild_id}/{tail}"
 REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
-HOP_BY_HOP = frozenset(h.encode() for h in HOP_BY_HOP_HEADERS)  # proxy.py's list, as bytes
+HOP_BY_HOP = frozenset(h.encode() for h in HOP_BY_HOP_HEADERS) | {b"expect"}
 SKIP_TO_APP = HOP_BY_HOP | {b"x-forwarded-for"}
-SKIP_TO_POD = HOP_BY_HOP | {b"x-forwarded-for", b"authorization"}
+# credentials end here: the pod gets the identity the proxy signs instead (login.py)
+SKIP_TO_POD = HOP_BY_HOP | {b"x-forwarded-for", b"authorization", b"cookie"}
 SLOW_METHODS = frozenset({b"HEAD", b"CONNECT", b"OPTIONS", b"TRACE"})
+# may be sent again after the pod may have acted on them (RFC 9110 §9.2.2)
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE"})
 MAX_IDLE = 512
+MAX_PIPELINE = 8  # requests queued behind the current one before we stop reading
+HEAD_SLACK = 256 * 1024  # one socket read: how far a header may run before we see it whole
+OTHER_BODY_LIMIT = MAX_WEBHOOK_BODY  # pages, login forms, webhooks: small bodies only
 
+# what a client connection is waiting for, for the sweep
+NO_DEADLINE, HEAD_DEADLINE, BODY_DEADLINE, IDLE_DEADLINE = 0, 1, 2, 3
 
 _DROPPED: dict[bytes, bool] = {}
+
+
+class Refusal(Exception):
+    """Raised from a parser callback: answer ``status`` and close the connection."""
+
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+        self.why = why
 
 
 def _drop(name: bytes, listed: frozenset[bytes]) -> bool:
@@ -72,6 +113,28 @@ def _listed(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
     return frozenset(out)
 
 
+def _error(
+    status: int, why: str, extra: bytes = b"", close: bool = True, http10: bool = False
+) -> bytes:
+    """A JSON error. ``http10``: a 1.0 client kept alive must be told so, or it waits
+    for a close."""
+    body = json.dumps({"error": why}).encode()
+    return (
+        b"HTTP/1.1 %d %s\r\nContent-Type: application/json; charset=utf-8\r\n"
+        b"Content-Length: %d\r\n%s%s\r\n%s"
+        % (
+            status,
+            REASONS.get(status, b"Error"),
+            len(body),
+            extra,
+            b"Connection: close\r\n"
+            if close
+            else (b"Connection: keep-alive\r\n" if http10 else b""),
+            body,
+        )
+    )
+
+
 class Upstream(asyncio.Protocol):
     """One keep-alive connection to a pod (or to the aiohttp app): one exchange at a time."""
 
@@ -84,25 +147,44 @@ class Upstream(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.closed = False
         self.used = False
+        self.interim = False  # parsing a 1xx: it never ends the exchange
+        self.paused_client: Front | None = None  # the client we stopped reading for
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop transports too
 
     def connection_lost(self, exc: Exception | None) -> None:
+        clean = exc is None and not self.closed  # the peer closed: not a reset, not us
         self.closed = True
         self.pool.forget(self)
         if self.exchange is not None:
             exchange, self.exchange = self.exchange, None
+            if clean and exchange.until_close and not self.interim:
+                exchange.response_done()  # a close-delimited body ends here
+                return
             exchange.upstream_lost(self)
 
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
+        if exchange is None:  # nothing is owed on an idle connection: it is broken
+            self.close()
+            return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
             self.close()
-        if exchange is not None:
-            exchange.client.flush()
+        exchange.client.flush()
+
+    # flow control: a pod that reads slowly pauses the client that writes to it
+    def pause_writing(self) -> None:
+        if self.exchange is not None and self.paused_client is None:
+            self.paused_client = self.exchange.client
+            self.paused_client.pause_reading()
+
+    def resume_writing(self) -> None:
+        client, self.paused_client = self.paused_client, None
+        if client is not None:
+            client.resume_reading()
 
     def send(self, exchange: Exchange, head: bytes) -> None:
         self.exchange = exchange
@@ -111,31 +193,61 @@ class Upstream(asyncio.Protocol):
         self.transport.write(head)
 
     def close(self) -> None:
+        self.resume_writing()
         if self.transport is not None and not self.closed:
+            self.closed = True
+            self.pool.forget(self)
             self.transport.close()
 
     # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self.exchange is None:  # bytes nobody asked for: the connection is unusable
+            raise Refusal(502, "unsolicited response from upstream")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        if self.exchange is not None:
-            self.exchange.response_head(self.parser.get_status_code(), self.headers)
+        exchange = self.exchange
+        status = self.parser.get_status_code()
+        if status < 200:
+            self.interim = True
+            if status == 101:  # we never ask for an upgrade: the peer is confused
+                raise Refusal(502, "unexpected 101 from upstream")
+            if exchange is not None and status != 100:
+                exchange.interim_head(status, self.headers)
+            self.headers = []
+            return
+        if exchange is not None:
+            exchange.response_head(status, self.headers)
+            if exchange.head_only:  # a HEAD answer has no body, whatever it says
+                self.exchange = None
+                exchange.response_done()
+                self.close()
 
     def on_body(self, body: bytes) -> None:
-        if self.exchange is not None:
+        if self.exchange is not None and not self.interim:
             self.exchange.response_body(body)
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         exchange, self.exchange = self.exchange, None
         self.used = True
         if exchange is not None:
-            keep = self.parser.should_keep_alive()
+            # reusable only if nothing is owed either way: the whole response was read
+            # (it was: the message is complete) and the whole request was sent
+            keep = (
+                self.parser.should_keep_alive()
+                and exchange.body_done
+                and self.paused_client is None  # our request is not all written yet
+            )
             exchange.response_done()
             if keep and not self.closed:
                 self.pool.release(self)
-            else:
-                self.close()
+                return
+        self.close()
 
 
 class Pool:
@@ -167,7 +279,7 @@ class Pool:
 
     def close(self) -> None:
         for idle in self.idle.values():
-            for conn in idle:
+            for conn in list(idle):
                 conn.close()
         self.idle.clear()
 
@@ -178,45 +290,61 @@ class Exchange:
     __slots__ = (
         "body",
         "body_done",
+        "body_limit",
         "chunked_in",
         "chunked_out",
         "client",
         "conn",
         "deadline",
+        "done",
+        "expect",
         "has_body",
         "head",
+        "head_only",
+        "http11",
         "keep_alive",
         "key",
         "method",
         "pod",
         "problem",
+        "queued",
+        "received",
         "refusal",
         "retried",
         "route",
         "sent",
         "started",
         "status",
+        "until_close",
         "upstream_status",
     )
 
-    def __init__(self, client: Front, method: bytes, keep_alive: bool) -> None:
+    def __init__(self, client: Front, method: bytes, keep_alive: bool, http11: bool) -> None:
         self.client = client
         self.method = method
         self.keep_alive = keep_alive
+        self.http11 = http11
         self.body: list[bytes] | None = []  # buffered until an upstream is attached
         self.body_done = False
+        self.body_limit = OTHER_BODY_LIMIT
+        self.received = 0
         self.conn: Upstream | None = None
         self.head = b""
         self.key = ""
         self.has_body = False
+        self.head_only = method == b"HEAD"
+        self.expect = False
         self.chunked_in = False
         self.upstream_status = 0
         self.pod = ""  # empty: the aiohttp path (no metrics here, the app counts it)
         self.problem: Unavailable | None = None
-        self.refusal: str | None = None
+        self.refusal: tuple[int, str] | tuple[int, str, bytes] | None = None
         self.route: Route | None = None
         self.sent = False
+        self.done = False
         self.retried = False
+        self.queued = 0  # body bytes buffered while queued behind another exchange
+        self.until_close = False  # the response body ends when the upstream closes
         self.status = 0
         self.chunked_out = False
         self.started = time.perf_counter()
@@ -225,6 +353,9 @@ class Exchange:
     # -- request side -------------------------------------------------------------------------
 
     def request_body(self, data: bytes, chunked: bool) -> None:
+        self.received += len(data)
+        if self.received > self.body_limit:
+            raise Refusal(413, f"request body over {self.body_limit} bytes")
         self._send_up(b"%x\r\n%s\r\n" % (len(data), data) if chunked else data)
 
     def request_done(self, chunked: bool) -> None:
@@ -234,12 +365,18 @@ class Exchange:
 
     def _send_up(self, data: bytes) -> None:
         """Straight to the pod once connected; until then, kept with the head."""
-        if self.conn is not None and self.body is None:
-            assert self.conn.transport is not None
-            self.conn.transport.write(data)
-        else:
-            assert self.body is not None
+        if self.body is not None:
             self.body.append(data)
+            client = self.client
+            if client.exchange is not self:  # queued behind another: bound what waits
+                self.queued += len(data)
+                client.queued += len(data)
+                if client.queued > client.front.max_body_bytes and not client.held:
+                    client.held = True
+                    client.pause_reading()
+        elif self.conn is not None and self.conn.transport is not None:
+            self.conn.transport.write(data)
+        # else: answered already (an early error): the rest of the body is dropped
 
     def attach(self, conn: Upstream) -> None:
         self.conn = conn
@@ -248,15 +385,30 @@ class Exchange:
 
     # -- response side ------------------------------------------------------------------------
 
+    def interim_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """A 1xx other than 100 (103 Early Hints...): relayed, unless the client is 1.0."""
+        if not self.http11 or self.sent:
+            return
+        listed = _listed(headers)
+        out = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Informational"))]
+        out.extend(b"%s: %s\r\n" % (n, v) for n, v in headers if not _drop(n, listed))
+        out.append(b"\r\n")
+        self.client.out.append(b"".join(out))
+
     def response_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.status = self.upstream_status = status
+        if not self.body_done:
+            # answered before the request was whole: the rest of it will not be read
+            self.keep_alive = False
         listed = _listed(headers)
         out = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Unknown"))]
-        length = None
+        length = coding = None
         for name, value in headers:
             lower = name.lower()
             if lower == b"content-length":
                 length = value
+            elif lower == b"transfer-encoding":
+                coding = value
             if self.pod:
                 if _drop(name, listed):
                     continue
@@ -265,14 +417,20 @@ class Exchange:
             out.append(b"%s: %s\r\n" % (name, value))
         if self.route is not None:
             out.append(self.client.front.route_headers(self.route))
-        no_body = status in (204, 304) or 100 <= status < 200
         if length is not None:
             out.append(b"Content-Length: %s\r\n" % length)
-        elif not no_body:
-            out.append(b"Transfer-Encoding: chunked\r\n")
-            self.chunked_out = True
+        elif not (status in (204, 304) or self.head_only):
+            # no length and not chunked: the body runs to the upstream's close (RFC 9112 §6.3)
+            self.until_close = coding is None or not coding.rstrip().lower().endswith(b"chunked")
+            if self.http11:
+                out.append(b"Transfer-Encoding: chunked\r\n")
+                self.chunked_out = True
+            else:  # HTTP/1.0 has no chunked coding: the close ends the body
+                self.keep_alive = False
         if not self.keep_alive:
             out.append(b"Connection: close\r\n")
+        elif not self.http11:  # a 1.0 client assumes a close unless told otherwise
+            out.append(b"Connection: keep-alive\r\n")
         out.append(b"\r\n")
         self.sent = True
         self.client.out.append(b"".join(out))
@@ -294,18 +452,22 @@ class Exchange:
 
     def upstream_lost(self, conn: Upstream) -> None:
         """The connection closed before the response was complete."""
-        if self.client.exchange is not self:
+        if self.client.exchange is not self or self.done:
             return
         self.conn = None
-        if not self.sent and self.retryable and not self.retried:
-            self.retried = True  # a keep-alive connection the pod had just closed: once more
+        if not self.sent and self.retryable and not self.retried and self.method in IDEMPOTENT:
+            # a keep-alive connection the pod had just closed: once more, if sending it
+            # twice is harmless (the pod may have acted on it before closing)
+            self.retried = True
             self.client.front.dispatch(self, fresh=True)
             return
         if self.sent:
             self.client.abort()
             self.finish(status=499)
             return
-        self.fail(Unavailable(f"{self.upstream_name} closed the connection", 2), "closed")
+        # a reset counts against the pod only if the client had sent the request in full
+        kind = "closed" if self.body_done else None
+        self.fail(Unavailable(f"{self.upstream_name} closed the connection", 2), kind)
 
     @property
     def upstream_name(self) -> str:
@@ -315,14 +477,20 @@ class Exchange:
     def retryable(self) -> bool:
         return not self.has_body
 
-    def timeout(self) -> None:
+    def drop_upstream(self) -> None:
+        """Close the upstream connection: whatever it still owes is of no use to anyone."""
         if self.conn is not None:
             conn, self.conn = self.conn, None
             conn.exchange = None
             conn.close()
+
+    def timeout(self) -> None:
+        self.drop_upstream()
         if self.sent:
             self.client.abort()
             self.finish(status=499)
+        elif not self.body_done:  # still waiting for the client's body: its slowness
+            self.client.refuse(408, "request body not received in time", self)
         else:
             self.fail(Unavailable(f"pod {self.pod} did not answer (timeout)", 2), "timeout")
 
@@ -332,34 +500,29 @@ class Exchange:
             breaker = front.proxy.breaker_for(self.pod)
             breaker.failure()
             front.proxy.metrics.upstream_errors.labels(self.pod, kind).inc()
-        body = json.dumps({"error": exc.why}).encode()
-        extra = self.client.front.route_headers(self.route) if self.route is not None else b""
+        if not self.body_done:
+            self.keep_alive = False  # the rest of the body will not be read
+            self.drop_upstream()
+        extra = b"Retry-After: %d\r\n" % exc.retry_after
+        if self.route is not None:
+            extra += front.route_headers(self.route)
         self.status = 503
-        self.client.write(
-            b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
-            b"Content-Length: %d\r\nRetry-After: %d\r\n%s%s\r\n%s"
-            % (
-                len(body),
-                exc.retry_after,
-                extra,
-                b"" if self.keep_alive else b"Connection: close\r\n",
-                body,
-            )
-        )
+        self.client.write(_error(503, exc.why, extra, not self.keep_alive, not self.http11))
         self.finish()
 
     def finish(self, status: int | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
         if self.deadline:
             self.deadline = 0.0
             self.client.front.inflight.discard(self)
         front = self.client.front
         if self.pod:
-            answered = self.upstream_status
-            if answered >= 500:
-                front.proxy.breaker_for(self.pod).failure()
-                front.proxy.metrics.upstream_errors.labels(self.pod, "5xx").inc()
-            elif answered:
+            if self.upstream_status:  # it answered: whatever it said, the pod is up
                 front.proxy.breaker_for(self.pod).success()
+                if self.upstream_status >= 500:
+                    front.proxy.metrics.upstream_errors.labels(self.pod, "5xx").inc()
             front.count(self.pod, status or self.status, time.perf_counter() - self.started)
         self.client.exchange_done(self)
 
@@ -374,77 +537,198 @@ class Front(asyncio.Protocol):
         self.peer = b""
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
+        self.header_bytes = 0
+        self.head_bytes = 0  # bytes fed while the current request's head is incomplete
+        self.in_head = False
         self.exchange: Exchange | None = None
         self.pending: deque[Exchange] = deque()
         self.current_in: Exchange | None = None
         self.out: list[bytes] = []
         self.chunked_in = False
         self.closing = False
+        self.pauses = 0
+        self.deadline = 0.0
+        self.waiting = NO_DEADLINE
+        self.broken: tuple[int, str] | None = None  # an error owed once earlier answers are out
+        self.queued = 0  # body bytes buffered for queued requests (bounded: see _send_up)
+        self.held = False  # reading paused until those are sent
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop transports too
+        server = self.front
+        if len(server.clients) >= server.max_connections:
+            self.closing = True
+            server.proxy.metrics.refused.labels("connections").inc()
+            self.transport.write(_error(503, "too many connections", b"Retry-After: 1\r\n"))
+            self.transport.close()
+            return
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]).encode() if isinstance(peer, tuple) else b""
-        self.front.clients.add(self)
+        server.clients.add(self)
+        self.expect_by(HEAD_DEADLINE, server.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.front.clients.discard(self)
         self.closing = True
         exchange = self.exchange
-        if exchange is not None and exchange.conn is not None:
-            exchange.conn.exchange = None
-            exchange.conn.close()
-        if exchange is not None and exchange.deadline:
-            exchange.deadline = 0.0
-            self.front.inflight.discard(exchange)
+        if exchange is not None:
+            exchange.drop_upstream()
+            if exchange.deadline:
+                exchange.deadline = 0.0
+                self.front.inflight.discard(exchange)
 
     def data_received(self, data: bytes) -> None:
+        if self.closing or self.broken is not None:
+            return
         try:
             self.parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, Refusal):
+                self.refuse(cause.status, cause.why)
+            elif not self.closing:
+                raise
         except httptools.HttpParserUpgrade:
-            self._reject(400, "protocol upgrades are not proxied")
+            self.refuse(400, "protocol upgrades are not proxied")
         except httptools.HttpParserError:
-            self._reject(400, "malformed HTTP request")
+            self.refuse(400, "malformed HTTP request")
+        else:
+            if self.in_head:
+                # httptools keeps a header it has not seen the end of: bound that too
+                self.head_bytes += len(data)
+                if self.head_bytes > self.front.max_head_bytes + HEAD_SLACK:
+                    self.refuse(431, "request header fields too large")
 
-    def _reject(self, status: int, why: str) -> None:
-        body = json.dumps({"error": why}).encode()
-        self.write(
-            b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-            b"Connection: close\r\n\r\n%s" % (status, REASONS[status], len(body), body)
-        )
+    def refuse(self, status: int, why: str, exchange: Exchange | None = None) -> None:
+        """Answer an error and close the connection. The answer goes out only if it
+        cannot be mistaken for another request's: nothing of the current exchange's
+        response was sent, and the refused request is the current one (or none is).
+        A request refused by its head while earlier ones are still being answered waits
+        its turn: those are answered first, then the error, then the close."""
+        if self.closing or self.broken is not None:
+            return
+        self.front.proxy.metrics.refused.labels(str(status)).inc()
+        current = self.exchange
+        target = exchange or self.current_in
+        if target is None and current is not None:
+            self.broken = (status, why)
+            self.pause_reading()
+            return
+        if current is None or (current is target and not current.sent):
+            self.out.append(_error(status, why))
+        if current is not None:
+            current.drop_upstream()
+            current.keep_alive = False  # nothing queued behind it runs on this connection
+            current.status = status
+            current.finish()
         self.abort(graceful=True)
 
     # httptools callbacks
     def on_message_begin(self) -> None:
         self.url = b""
         self.headers = []
+        self.header_bytes = 0
+        self.in_head = True
+        if self.waiting != HEAD_DEADLINE:  # inlined expect_by: once per request
+            self.waiting = HEAD_DEADLINE
+            self.deadline = self.front.now + self.front.header_timeout
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        if len(self.url) > self.front.max_url_bytes:
+            raise Refusal(414, "request target too long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))
+        self.header_bytes += len(name) + len(value) + 4
+        if len(self.headers) > self.front.max_headers:
+            raise Refusal(431, "too many request header fields")
+        if self.header_bytes > self.front.max_head_bytes:
+            raise Refusal(431, "request header fields too large")
 
     def on_headers_complete(self) -> None:
-        method = self.parser.get_method()
-        exchange = Exchange(self, method, bool(self.parser.should_keep_alive()))
+        self.in_head = False
+        self.head_bytes = 0
+        parser = self.parser
+        if parser.should_upgrade():  # refused before it is dispatched, not after
+            raise Refusal(400, "protocol upgrades are not proxied")
+        exchange = Exchange(
+            self,
+            parser.get_method(),
+            bool(parser.should_keep_alive()),
+            parser.get_http_version() == "1.1",
+        )
         self.front.prepare(exchange, self.url, self.headers, self.peer)
+        if exchange.refusal is not None and exchange.refusal[0] in (413, 417):
+            # refused before its body is read: answered in turn, then the close
+            raise Refusal(*exchange.refusal)
         self.chunked_in = exchange.chunked_in
         self.current_in = exchange
+        if exchange.has_body:
+            self.waiting = BODY_DEADLINE
+            self.deadline = self.front.now + self.front.body_timeout
+        else:
+            self.waiting = NO_DEADLINE
+            self.deadline = 0.0
         if self.exchange is None:
             self.exchange = exchange
             self.front.dispatch(exchange)
         else:
             self.pending.append(exchange)
+            # once, on reaching the bound (one read can queue more): exchange_done
+            # resumes once, when the queue drops back below it
+            if len(self.pending) == MAX_PIPELINE:
+                self.pause_reading()
 
     def on_body(self, body: bytes) -> None:
         if self.current_in is not None:
+            if self.waiting == BODY_DEADLINE:
+                self.deadline = self.front.now + self.front.body_timeout
             self.current_in.request_body(body, self.chunked_in)
 
     def on_message_complete(self) -> None:
         if self.current_in is not None:
             self.current_in.request_done(self.chunked_in)
             self.current_in = None
+        if self.waiting == BODY_DEADLINE:
+            self.expect_by(NO_DEADLINE, 0)
+
+    # deadlines, checked by the server's sweep on a coarse clock
+    def expect_by(self, waiting: int, seconds: float) -> None:
+        self.waiting = waiting
+        self.deadline = self.front.now + seconds if waiting else 0.0
+
+    def expired(self) -> None:
+        if self.pauses and self.waiting != IDLE_DEADLINE:
+            # we stopped reading (queue full, buffered bodies, a pod reading slowly):
+            # what the client has not sent is not its slowness; the upstream
+            # timeout bounds what we wait for
+            timeout = (
+                self.front.body_timeout
+                if self.waiting == BODY_DEADLINE
+                else self.front.header_timeout
+            )
+            self.deadline = self.front.now + timeout
+            return
+        waiting, self.waiting, self.deadline = self.waiting, NO_DEADLINE, 0.0
+        if waiting == IDLE_DEADLINE or (waiting == HEAD_DEADLINE and not self.in_head):
+            if self.exchange is None and not self.pending:
+                self.abort(graceful=True)  # nothing asked, nothing owed
+            return
+        self.refuse(408, "request not received in time")
+
+    # flow control: reading from the client stops while anyone needs it to
+    def pause_reading(self) -> None:
+        self.pauses += 1
+        if self.pauses == 1 and self.transport is not None and not self.closing:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.pauses == 0:
+            return
+        self.pauses -= 1
+        if self.pauses == 0 and self.transport is not None and not self.closing:
+            self.transport.resume_reading()
 
     # output, with back-pressure: a slow client pauses the upstream it reads from
     def pause_writing(self) -> None:
@@ -487,15 +771,32 @@ class Front(asyncio.Protocol):
         if not exchange.keep_alive:
             self.abort(graceful=True)
             return
+        if self.closing:
+            return
         if self.pending:
-            self.exchange = self.pending.popleft()
-            self.front.dispatch(self.exchange)
+            if len(self.pending) == MAX_PIPELINE:
+                self.resume_reading()
+            self.exchange = nxt = self.pending.popleft()
+            if nxt.queued:  # its body goes upstream now: no longer waiting in memory
+                self.queued -= nxt.queued
+                nxt.queued = 0
+                if self.held and self.queued <= self.front.max_body_bytes:
+                    self.held = False
+                    self.resume_reading()
+            self.front.dispatch(nxt)
+        elif self.broken is not None:
+            self.out.append(_error(*self.broken))
+            self.abort(graceful=True)
+        elif not self.in_head and self.current_in is None:
+            self.waiting = IDLE_DEADLINE
+            self.deadline = self.front.now + self.front.idle_timeout
 
 
 class FrontServer:
     """Accepts clients; routes API requests to pods, everything else to the aiohttp app."""
 
     def __init__(self, proxy: RouterProxy, app_socket: str) -> None:
+        settings = proxy.settings
         self.proxy = proxy
         self.app_socket = app_socket
         self.pool = Pool()
@@ -504,8 +805,17 @@ class FrontServer:
         self._sweeper: asyncio.Task[None] | None = None
         self.server: asyncio.AbstractServer | None = None
         self.loop = asyncio.get_event_loop()
-        self.token = proxy.settings.internal_token.encode()
-        self.timeout = proxy.settings.upstream_timeout
+        self.token = settings.internal_token.encode()
+        self.timeout = settings.upstream_timeout
+        self.max_url_bytes = settings.max_url_bytes
+        self.max_head_bytes = settings.max_header_bytes
+        self.max_headers = settings.max_headers
+        self.max_body_bytes = settings.max_body_bytes
+        self.header_timeout = settings.header_timeout
+        self.body_timeout = settings.body_timeout
+        self.idle_timeout = settings.idle_timeout
+        self.max_connections = settings.max_connections
+        self.now = time.monotonic()  # the sweep's coarse clock, for client deadlines
         self._addresses: dict[str, tuple[str, int, bytes]] = {}
         self._counters: dict[tuple[str, int], Any] = {}
         self._latency = proxy.metrics.latency.labels(ROUTE_NAME)
@@ -520,15 +830,21 @@ class FrontServer:
         return int(self.server.sockets[0].getsockname()[1])
 
     async def _sweep(self) -> None:
-        """Upstream deadlines, checked four times a second: cheaper than a timer handle
-        armed and cancelled on every request, and as precise as a 10 s timeout needs."""
+        """Deadlines, checked four times a second: cheaper than a timer handle armed and
+        cancelled on every request, and as precise as second-scale timeouts need.
+        Upstream deadlines every tick; client deadlines once a second."""
+        tick = 0
         while True:
             await asyncio.sleep(0.25)
-            now = time.monotonic()
+            now = self.now = time.monotonic()
             for exchange in [e for e in self.inflight if e.deadline and e.deadline <= now]:
                 self.inflight.discard(exchange)
                 exchange.deadline = 0.0
                 exchange.timeout()
+            tick += 1
+            if tick % 4 == 0:
+                for client in [c for c in self.clients if c.deadline and c.deadline <= now]:
+                    client.expired()
 
     async def stop(self) -> None:
         if self._sweeper is not None:
@@ -576,31 +892,48 @@ class FrontServer:
         method = exchange.method
         lowered = [(n.lower(), n, v) for n, v in headers]
         listed: frozenset[bytes] = frozenset()
-        length = forwarded = None
+        length = forwarded = expect = None
         host = b"localhost"
-        special = chunked = False
+        chunked = False
         for low, _, value in lowered:  # one pass over the headers
             if low == b"content-length":
                 length = value
             elif low == b"host":
                 host = value
-            elif low == b"x-forwarded-for":
-                forwarded = value
+            elif low == b"x-forwarded-for":  # every line, in order (RFC 9110 §5.3)
+                forwarded = value if forwarded is None else b"%s, %s" % (forwarded, value)
             elif low == b"transfer-encoding":
                 chunked = b"chunked" in value.lower()
             elif low == b"connection":
                 listed = listed | {t.strip().lower() for t in value.split(b",") if t.strip()}
-            elif low == b"expect" or low == b"upgrade":
-                special = True
+            elif low == b"expect":
+                expect = value.strip().lower()
+        api = url.startswith(API_PREFIX) and method not in SLOW_METHODS
+        if api:
+            exchange.body_limit = self.max_body_bytes
         exchange.chunked_in = chunked
-        exchange.has_body = chunked or (length is not None and length.strip() != b"0")
+        declared = int(length) if length is not None and length.strip().isdigit() else 0
+        exchange.has_body = chunked or declared > 0
+        if not exchange.has_body:
+            exchange.body_done = True  # nothing to wait for: the request is whole
+        if declared > exchange.body_limit:
+            exchange.refusal = (413, f"request body over {exchange.body_limit} bytes")
+            return
+        if expect is not None:
+            if expect != b"100-continue":
+                exchange.refusal = (417, "only 'Expect: 100-continue' is supported")
+                return
+            exchange.expect = exchange.http11 and exchange.has_body
         framing = (
             b"Transfer-Encoding: chunked\r\n"
             if chunked
             else (b"Content-Length: %s\r\n" % length if length is not None else b"")
         )
         xff = b"%s, %s" % (forwarded, peer) if forwarded else peer
-        if special or method in SLOW_METHODS or not url.startswith(API_PREFIX):
+        if not api:
+            if method == b"TRACE":  # an echo upstream would hand back our credentials
+                exchange.refusal = (405, "TRACE is not supported")
+                return
             kept = b"".join(
                 b"%s: %s\r\n" % (n, v)
                 for low, n, v in lowered
@@ -616,16 +949,34 @@ class FrontServer:
                 framing,
             )
             return
+        path = url.split(b"?", 1)[0]
+        if b"/." in path or b"%" in path or b"\\" in path:
+            # dot-segments, and encodings a pod might decode into them or into a slash:
+            # a /api target must name the route it reaches (a cheap guard: ids are digits)
+            lowered_path = path.lower()
+            if (
+                b"/." in path
+                or b"%2e" in lowered_path
+                or b"%2f" in lowered_path
+                or b"%5c" in lowered_path
+                or b"\\" in path
+            ):
+                exchange.refusal = (400, "request target with dot-segments or encoded separators")
+                return
         try:
             guild = url[len(API_PREFIX) :].split(b"/", 1)[0].split(b"?", 1)[0]
             gid = parse_guild_id(guild.decode("ascii", "replace"))
+            # who asks, before anything is routed (login.py: cookie or token, CSRF, limits)
+            identity = self.proxy.gate.fast_check(exchange, method, url, str(gid), lowered, peer)
+            if identity is None:
+                return
             table = self.proxy.current_table()
             route = table.route(gid)
             exchange.route = route
             exchange.pod = route.pod
             base = self.proxy.target(table, route)
         except InvalidGuildId as exc:
-            exchange.refusal = str(exc)
+            exchange.refusal = (400, str(exc))
             return
         except NoRouteError as exc:
             exchange.problem = Unavailable(str(exc), 5)
@@ -648,29 +999,33 @@ class FrontServer:
         )
         exchange.key = f"{address[0]}:{address[1]}"
         exchange.head = (
-            b"%s %s HTTP/1.1\r\nHost: %s\r\n%sAuthorization: Bearer %s\r\n"
+            b"%s %s HTTP/1.1\r\nHost: %s\r\n%sAuthorization: Bearer %s\r\nX-Modbot-Identity: %s\r\n"
             b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\n%s\r\n"
-            % (method, url, address[2], kept, self.token, xff, framing)
+            % (method, url, address[2], kept, self.token, identity, xff, framing)
         )
 
     def dispatch(self, exchange: Exchange, fresh: bool = False) -> None:
-        if exchange.refusal is not None:  # bad input: 400, never routed
-            body = json.dumps({"error": exchange.refusal}).encode()
-            exchange.client.write(
-                b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json; charset=utf-8\r\n"
-                b"Content-Length: %d\r\n%s\r\n%s"
-                % (len(body), b"" if exchange.keep_alive else b"Connection: close\r\n", body)
-            )
-            self.count("-", 400, time.perf_counter() - exchange.started)
+        client = exchange.client
+        if exchange.refusal is not None:  # bad input: 4xx, never routed
+            status, why = exchange.refusal[0], exchange.refusal[1]
+            extra = exchange.refusal[2] if len(exchange.refusal) > 2 else b""  # e.g. Retry-After
+            if not exchange.body_done:
+                exchange.keep_alive = False
+            exchange.status = status
+            client.write(_error(status, why, extra, not exchange.keep_alive, not exchange.http11))
+            self.count("-", status, time.perf_counter() - exchange.started)
             exchange.finish()
             return
         if exchange.problem is not None:  # routed, but the owner cannot be reached now
             exchange.fail(exchange.problem)
             return
+        if exchange.expect and not exchange.body_done:  # routed: now the body may come
+            exchange.expect = False
+            client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if not exchange.deadline and exchange.pod:
             exchange.deadline = time.monotonic() + self.timeout
             self.inflight.add(exchange)
-        conn = None if fresh else self.pool.take(exchange.key)
+        conn = None if fresh or exchange.head_only else self.pool.take(exchange.key)
         if conn is not None:
             exchange.attach(conn)
             return
@@ -690,7 +1045,7 @@ class FrontServer:
                     1.0,
                 )
         except (OSError, TimeoutError):
-            if exchange.client.closing:
+            if exchange.client.closing or exchange.done:
                 return
             if exchange.pod and exchange.retryable and not exchange.retried:
                 exchange.retried = True
@@ -699,7 +1054,8 @@ class FrontServer:
                 self.proxy.metrics.upstream_errors.labels(exchange.pod, "connect").inc()
                 if breaker.allow():
                     await asyncio.sleep(random.uniform(0.02, 0.1))
-                    self.dispatch(exchange, fresh=True)
+                    if not exchange.done:
+                        self.dispatch(exchange, fresh=True)
                     return
                 exchange.fail(Unavailable(f"pod {exchange.pod} did not answer (connect)", 2))
                 return
@@ -707,7 +1063,7 @@ class FrontServer:
                 Unavailable(f"{exchange.upstream_name} did not answer (connect)", 2), "connect"
             )
             return
-        if exchange.client.closing:
-            self.pool.release(conn)
+        if exchange.client.closing or exchange.done:
+            conn.close()  # nothing was sent on it, but it is cheaper to drop than to audit
             return
         exchange.attach(conn)

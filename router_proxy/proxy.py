@@ -27,16 +27,24 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from yarl import URL
 
-from config_store.client.observability import json_error
+from config_store.client.observability import (
+    REQUEST_ID_HEADER,
+    current_request_id,
+    json_error,
+    request_id_middleware,
+)
 from config_store.client.table_client import RoutingTableClient
 from modbot_ring import (
     InvalidGuildId,
@@ -48,6 +56,8 @@ from modbot_ring import (
     parse_guild_id,
 )
 
+from . import interactions, login
+from .auth import IDENTITY_HEADER, AuthSettings
 from .breaker import CircuitBreaker
 from .dashboard import render_dashboard, render_unavailable
 from .verify import SignatureError, Verifier
@@ -82,6 +92,16 @@ class ProxySettings:
     interaction_deadline: float = 2.5
     upstream_timeout: float = 10.0
     followup_window: float = 600.0
+    auth: AuthSettings = field(default_factory=AuthSettings)  # login, sessions: auth.py
+    # limits on what a client may send (the proxy is the only public component)
+    max_url_bytes: int = 8 * 1024
+    max_header_bytes: int = 32 * 1024
+    max_headers: int = 100
+    max_body_bytes: int = 1024 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    max_connections: int = 10_000
 
     @classmethod
     def from_args(cls, args: Any) -> ProxySettings:
@@ -90,35 +110,62 @@ class ProxySettings:
 
 
 class ProxyMetrics:
+    """The proxy's metrics (fastpath.py counts into the same objects)."""
+
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
-            "modbot_proxy_requests_total", "requests", ["route", "pod", "status"], registry=registry
+            "modbot_proxy_requests_total",
+            "Requests the proxy answered, by route, owning pod and HTTP status.",
+            ["route", "pod", "status"],
+            registry=registry,
         )
         self.latency = Histogram(
             "modbot_proxy_request_seconds",
-            "request latency",
+            "Time from a request's arrival to the proxy's answer, by route.",
             ["route"],
             registry=registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
         self.upstream_errors = Counter(
             "modbot_proxy_upstream_errors_total",
-            "failed upstream calls",
+            "Upstream calls to a pod that failed (connect, timeout) or answered 5xx.",
             ["pod", "kind"],
             registry=registry,
         )
         self.verify_failures = Counter(
             "modbot_proxy_webhook_verification_failures_total",
-            "refused webhooks",
+            "Discord interaction webhooks refused because the signature was bad or stale.",
+            ["reason"],
+            registry=registry,
+        )
+        self.refused = Counter(
+            "modbot_proxy_refused_requests_total",
+            "Requests and connections refused at the edge (limits, timeouts, malformed HTTP).",
             ["reason"],
             registry=registry,
         )
         self.interactions = Counter(
             "modbot_proxy_interactions_total",
-            "interactions by outcome",
+            "Discord interactions handled by the proxy, by outcome.",
             ["outcome"],
             registry=registry,
         )
+        # the RouterProxy's per-pod breakers, read at scrape time
+        self.breakers: dict[str, CircuitBreaker] = {}
+        breakers = self.breakers
+
+        class _Breakers(Collector):
+            def collect(self) -> Iterator[Metric]:
+                family = GaugeMetricFamily(
+                    "modbot_proxy_circuit_open",
+                    "1 while the circuit breaker to a pod is open or half-open (requests get 503).",
+                    labels=["pod"],
+                )
+                for pod, breaker in sorted(breakers.items()):
+                    family.add_metric([pod], 0.0 if breaker.state == "closed" else 1.0)
+                yield family
+
+        registry.register(_Breakers())
 
 
 class Unavailable(Exception):
@@ -146,10 +193,12 @@ class RouterProxy:
         self.settings = settings
         self.tables = tables
         self.metrics = ProxyMetrics(registry)
+        self.gate: login.AuthRoutes = login.AuthRoutes(self, settings.auth)  # who may ask
         self.verifier = (
             Verifier(settings.discord_public_key) if settings.discord_public_key else None
         )
-        self.breakers: dict[str, CircuitBreaker] = {}
+        self.breakers = self.metrics.breakers  # shared: scraped as modbot_proxy_circuit_open
+        self.seen_interactions = interactions.SeenInteractions()
         # built once: the API path would otherwise allocate one per request
         self._upstream_timeout = aiohttp.ClientTimeout(
             total=settings.upstream_timeout, sock_connect=1.0
@@ -228,6 +277,10 @@ class RouterProxy:
     ) -> aiohttp.ClientResponse:
         """One upstream call with a bounded, jittered retry for requests without a body."""
         assert self.session is not None
+        rid = current_request_id()
+        if rid is not None:  # the pod logs the same id as the proxy (observability.py)
+            headers = CIMultiDict(headers)
+            headers[REQUEST_ID_HEADER] = rid
         breaker = self.breaker_for(pod)
         attempts = 2 if retry and data is None else 1
         for attempt in range(attempts):
@@ -253,11 +306,10 @@ class RouterProxy:
                     f"pod {pod} did not answer ({kind})",
                     breaker.retry_after() if breaker.failures >= breaker.threshold else 2,
                 ) from None
+            # it answered, so it is up: a 5xx is about this request, not the pod's health
             if response.status >= 500:
-                breaker.failure()
                 self.metrics.upstream_errors.labels(pod, "5xx").inc()
-            else:
-                breaker.success()
+            breaker.success()
             return response
         raise AssertionError("unreachable")
 
@@ -265,14 +317,22 @@ class RouterProxy:
 
     async def dashboard(self, request: web.Request) -> web.StreamResponse:
         gid, route, table = self._parse_and_route(request)
+        gate = self.gate.dashboard_gate(request, gid)  # sign-in and rights (login.py)
+        if gate.response is not None:
+            return gate.response
         try:
             url = self.target(table, route)
             async with await self._send(
                 route.pod,
                 "GET",
                 f"{url}/data/guilds/{gid}",
-                headers={"Authorization": f"Bearer {self.settings.internal_token}"},
+                headers={
+                    "Authorization": f"Bearer {self.settings.internal_token}",
+                    **(gate.headers or {}),
+                },
             ) as upstream:
+                if upstream.status in (401, 403):  # the pod's own check (moderator role)
+                    return self.gate.refused_page(gid, (await upstream.json())["error"])
                 if upstream.status == 421:  # our table is behind the pod's: catch up once
                     await self.tables.refresh()
                     raise Unavailable("the guild just moved; reload", 1)
@@ -290,18 +350,39 @@ class RouterProxy:
         html = render_dashboard(
             data, pod=route.pod, reason=route.reason.value, version=route.version
         )
+        html = await self.gate.decorate(html, gate, gid, data)
         return web.Response(text=html, content_type="text/html", headers=self._route_headers(route))
 
     async def api(self, request: web.Request) -> web.StreamResponse:
-        _gid, route, table = self._parse_and_route(request)
+        gid, route, table = self._parse_and_route(request)
+        h = request.headers
+        decision = self.gate.auth.check(  # the fast path's check, for what it passes on
+            request.method,
+            request.raw_path,
+            str(gid),
+            cookie=h.get("Cookie"),
+            authorization=h.get("Authorization"),
+            origin=h.get("Origin"),
+            fetch_site=h.get("Sec-Fetch-Site"),
+            csrf=h.get("X-CSRF-Token"),
+            host=request.host,
+        )
+        if decision.status:
+            return json_error(decision.status, decision.error)
+        outbound = self._outbound_headers(request)
+        outbound.popall("Cookie", None)  # the session stays here: the pod gets the identity
+        outbound[IDENTITY_HEADER] = decision.identity
+        # read whole first (the front door bounds its size and pace): a slow client
+        # must not hold a pod connection open, nor count against the pod's breaker
+        body = await request.read() if request.body_exists else None
         try:
             url = self.target(table, route)
             upstream = await self._send(
                 route.pod,
                 request.method,
-                f"{url}{request.rel_url}",
-                headers=self._outbound_headers(request),
-                data=request.content if request.body_exists else None,
+                URL(f"{url}{request.raw_path}", encoded=True),
+                headers=outbound,
+                data=body,
             )
         except Unavailable as exc:
             return json_error(
@@ -358,11 +439,17 @@ class RouterProxy:
             payload = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             return json_error(400, "interaction body is not valid JSON")
-        if not isinstance(payload, dict) or not isinstance(payload.get("type"), int):
-            return json_error(400, "interaction must be a JSON object with a type")
-        if payload["type"] == 1:
+        try:
+            kind = interactions.check_interaction(payload)
+        except interactions.InvalidInteraction as exc:
+            self.metrics.interactions.labels("invalid").inc()
+            return json_error(400, str(exc))
+        if kind == interactions.PING:
             self.metrics.interactions.labels("ping").inc()
             return web.json_response({"type": 1})
+        if not self.seen_interactions.first_time(str(payload["id"]), time.monotonic()):
+            self.metrics.interactions.labels("replayed").inc()
+            return json_error(409, "this interaction was already received")
         table = self.current_table()
         try:
             route = self._interaction_route(table, payload)
@@ -395,6 +482,10 @@ class RouterProxy:
         if status == 200:
             self.metrics.interactions.labels("answered").inc()
             return web.Response(body=body, content_type="application/json", headers=headers)
+        if not interactions.retryable(status):  # about this interaction: tell the user now
+            log.warning("pod %s refused an interaction: %s", route.pod, status)
+            self.metrics.interactions.labels("refused_by_pod").inc()
+            return web.json_response(interactions.FAILED_ANSWER, headers=headers)
         self._keep(self._deliver_later(payload))
         self.metrics.interactions.labels("deferred_unavailable").inc()
         return web.json_response(DEFERRED, headers=headers)
@@ -461,9 +552,24 @@ class RouterProxy:
             await self._deliver_later(payload)
             return
         if status != 200:
-            await self._deliver_later(payload)
+            if interactions.retryable(status):
+                await self._deliver_later(payload)
+            else:
+                self.metrics.interactions.labels("refused_by_pod").inc()
+                await self._edit_original(payload, interactions.FAILED_ANSWER["data"])
             return
-        answer = json.loads(body)
+        await self._relay_answer(payload, body)
+
+    async def _relay_answer(self, payload: dict[str, Any], body: bytes) -> None:
+        """A late 200 from the pod, shown as an edit of the deferred response."""
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            log.warning("pod answered an interaction with something that is not JSON")
+            await self._edit_original(payload, interactions.FAILED_ANSWER["data"])
+            return
         if answer.get("type") in (4, 7):
             await self._edit_original(payload, answer.get("data") or {})
         # type 5: the pod deferred too and will edit the response itself
@@ -475,7 +581,9 @@ class RouterProxy:
         deadline = time.monotonic() + self.settings.followup_window
         delay = 0.25
         raw = json.dumps(payload).encode()
-        while time.monotonic() < deadline:
+        for _ in range(interactions.MAX_ATTEMPTS):
+            if time.monotonic() >= deadline:
+                break
             table = self.tables.table
             try:
                 if table is None:
@@ -488,12 +596,13 @@ class RouterProxy:
                     route.pod, url, payload, raw, deferred=True
                 )
                 if status == 200:
-                    answer = json.loads(body)
-                    if answer.get("type") in (4, 7):
-                        await self._edit_original(payload, answer.get("data") or {})
+                    await self._relay_answer(payload, body)
                     self.metrics.interactions.labels("delivered_late").inc()
                     return
-            except (Unavailable, NoRouteError, InvalidGuildId, ValueError):
+                if not interactions.retryable(status):  # a retry would fail the same way
+                    log.warning("pod %s refused a deferred interaction: %s", route.pod, status)
+                    break
+            except (Unavailable, NoRouteError):
                 pass
             await asyncio.sleep(delay * random.uniform(0.5, 1.5))
             delay = min(delay * 2, 10.0)
@@ -559,10 +668,14 @@ def metrics_middleware(proxy: RouterProxy) -> Any:
 
 
 def build_proxy_app(proxy: RouterProxy) -> web.Application:
-    app = web.Application(middlewares=[metrics_middleware(proxy)], client_max_size=MAX_WEBHOOK_BODY)
+    app = web.Application(
+        middlewares=[request_id_middleware, metrics_middleware(proxy)],
+        client_max_size=MAX_WEBHOOK_BODY,
+    )
     app.router.add_get("/guild/{guild_id}/dashboard", proxy.dashboard)
     app.router.add_route("*", "/api/guilds/{guild_id}/{tail:.*}", proxy.api)
     app.router.add_post("/webhooks/discord", proxy.webhook)
+    login.install(app, proxy)  # /login, /oauth/callback, /logout, dashboard forms, rate limits
 
     async def lifecycle(_: web.Application) -> Any:
         await proxy.start()

@@ -21,10 +21,12 @@ from prometheus_client import CollectorRegistry
 from config_store.client.observability import add_health_routes, setup_logging
 from config_store.client.table_client import RoutingTableClient
 
+from .auth import AuthSettings
 from .fastpath import FrontServer
 from .proxy import ProxySettings, RouterProxy, build_proxy_app
 
 log = logging.getLogger("modbot.proxy")
+ADMIN_APP: web.AppKey[web.Application] = web.AppKey("admin")
 
 
 @dataclass
@@ -35,9 +37,13 @@ class RunningProxy:
     front: FrontServer
     url: str
     socket_dir: str
+    admin: web.AppRunner | None = None  # /healthz, /readyz, /metrics: off the public port
+    admin_url: str = ""
 
     async def stop(self) -> None:
         await self.front.stop()
+        if self.admin is not None:
+            await self.admin.cleanup()
         await self.runner.cleanup()
         await self.tables.stop()
         shutil.rmtree(self.socket_dir, ignore_errors=True)
@@ -55,7 +61,10 @@ def make_app(
         status = tables.status()
         return tables.table is not None, status
 
-    add_health_routes(app, registry, ready)
+    # health and metrics live on their own app and port, never behind the public Ingress
+    admin = web.Application()
+    add_health_routes(admin, registry, ready, component="proxy")
+    app[ADMIN_APP] = admin
     return app, proxy
 
 
@@ -69,6 +78,7 @@ async def start_proxy(
     poll_interval: float = 1.0,
     host: str = "127.0.0.1",
     port: int = 0,
+    admin_port: int = 0,
     wait_for_table: bool = True,
 ) -> RunningProxy:
     tables = RoutingTableClient(
@@ -89,14 +99,30 @@ async def start_proxy(
     await web.UnixSite(runner, app_socket).start()
     front = FrontServer(proxy, app_socket)
     bound = await front.start(host, port)
+    admin = web.AppRunner(app[ADMIN_APP], access_log=None)
+    await admin.setup()
+    admin_site = web.TCPSite(admin, host, admin_port, reuse_port=True)
+    await admin_site.start()
+    admin_bound = admin.addresses[0][1]
     if wait_for_table:
         await tables.wait_for_version(0, 30)
-    return RunningProxy(proxy, tables, runner, front, f"http://{host}:{bound}", socket_dir)
+    return RunningProxy(
+        proxy,
+        tables,
+        runner,
+        front,
+        f"http://{host}:{bound}",
+        socket_dir,
+        admin,
+        f"http://{host}:{admin_bound}",
+    )
 
 
 async def serve(args: argparse.Namespace) -> None:
+    settings = ProxySettings.from_args(args)
+    settings.auth = AuthSettings.from_args(args)
     running = await start_proxy(
-        ProxySettings.from_args(args),
+        settings,
         config_url=args.config_url,
         redis_url=args.redis_url,
         redis_prefix=args.redis_prefix,
@@ -104,9 +130,10 @@ async def serve(args: argparse.Namespace) -> None:
         poll_interval=args.poll_interval,
         host=args.host,
         port=args.port,
+        admin_port=args.admin_port,
         wait_for_table=False,
     )
-    log.info("proxy listening on %s", running.url)
+    log.info("proxy listening on %s (health and metrics on %s)", running.url, running.admin_url)
     try:
         await asyncio.Event().wait()
     finally:
@@ -119,6 +146,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         print("modbot-ring: --workers must be >= 1", file=sys.stderr)
+        return 2
+    for problem in AuthSettings.from_args(args).problems(args.host):
+        print(f"modbot-ring: {problem}", file=sys.stderr)
         return 2
     if args.workers == 1:
         return run_forever(serve(args))

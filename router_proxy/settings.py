@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from config_store.client.flags import Flag
+from config_store.client.flags import Flag, env_bool
 
 SERVE_FLAGS = [
     Flag("host", "MODBOT_PROXY_HOST", "127.0.0.1", "address to listen on"),
@@ -69,6 +69,136 @@ SERVE_FLAGS = [
         600.0,
         "seconds to keep trying to deliver a deferred interaction (Discord tokens live 15 min)",
         float,
+    ),
+    Flag(
+        "max-url-bytes",
+        "MODBOT_PROXY_MAX_URL_BYTES",
+        8 * 1024,
+        "longest request target accepted (longer: 414)",
+        int,
+    ),
+    Flag(
+        "max-header-bytes",
+        "MODBOT_PROXY_MAX_HEADER_BYTES",
+        32 * 1024,
+        "largest header block accepted (larger: 431)",
+        int,
+    ),
+    Flag(
+        "max-headers",
+        "MODBOT_PROXY_MAX_HEADERS",
+        100,
+        "most header fields accepted (more: 431)",
+        int,
+    ),
+    Flag(
+        "max-body-bytes",
+        "MODBOT_PROXY_MAX_BODY_BYTES",
+        1024 * 1024,
+        "largest /api request body (larger: 413; webhooks and pages: 64 KiB)",
+        int,
+    ),
+    Flag(
+        "header-timeout",
+        "MODBOT_PROXY_HEADER_TIMEOUT",
+        10.0,
+        "seconds a client has to send a request's headers (then 408 and close)",
+        float,
+    ),
+    Flag(
+        "body-timeout",
+        "MODBOT_PROXY_BODY_TIMEOUT",
+        10.0,
+        "seconds a request body may stall between reads (then 408 and close)",
+        float,
+    ),
+    Flag(
+        "idle-timeout",
+        "MODBOT_PROXY_IDLE_TIMEOUT",
+        60.0,
+        "seconds an idle keep-alive connection stays open",
+        float,
+    ),
+    Flag(
+        "max-connections",
+        "MODBOT_PROXY_MAX_CONNECTIONS",
+        10_000,
+        "client connections per process (more: 503 and close)",
+        int,
+    ),
+    # sign-in, sessions and rate limits (router_proxy/auth.py, login.py, ratelimit.py)
+    Flag(
+        "admin-port",
+        "MODBOT_PROXY_ADMIN_PORT",
+        9080,
+        "port for /healthz, /readyz and /metrics (never route it publicly)",
+        int,
+    ),
+    Flag(
+        "discord-client-id", "MODBOT_DISCORD_CLIENT_ID", "", "OAuth2 client id (the application id)"
+    ),
+    Flag(
+        "discord-client-secret",
+        "MODBOT_DISCORD_CLIENT_SECRET",
+        "",
+        "OAuth2 client secret",
+        secret=True,
+    ),
+    Flag(
+        "oauth-redirect-url",
+        "MODBOT_OAUTH_REDIRECT_URL",
+        "",
+        "public https://<host>/oauth/callback registered with Discord (http only on loopback)",
+    ),
+    Flag(
+        "discord-oauth-url",
+        "MODBOT_DISCORD_OAUTH_URL",
+        "https://discord.com/oauth2/authorize",
+        "Discord's authorize page (point at the simulator locally)",
+    ),
+    Flag(
+        "session-keys",
+        "MODBOT_SESSION_KEYS",
+        "",
+        "comma-separated keys (>= 16 chars) for session cookies and API tokens: the first signs, all verify",
+        secret=True,
+    ),
+    Flag("session-ttl", "MODBOT_SESSION_TTL", 28800.0, "seconds a sign-in lasts", float),
+    Flag(
+        "identity-key",
+        "MODBOT_IDENTITY_KEY",
+        "",
+        "key signing the user identity sent to pods (default: derived from the internal token)",
+        secret=True,
+    ),
+    Flag(
+        "no-auth",
+        "MODBOT_NO_AUTH",
+        False,
+        "local development only: everyone is an administrator (refused unless --host is loopback)",
+        env_bool,
+    ),
+    Flag("token-ttl-days", "MODBOT_TOKEN_TTL_DAYS", 90.0, "days an API token lasts", float),
+    Flag(
+        "rate-limit-anon",
+        "MODBOT_RATE_LIMIT_ANON",
+        10.0,
+        "requests/s per client IP without a session (burst 2x; per replica; 0: off)",
+        float,
+    ),
+    Flag(
+        "rate-limit-user",
+        "MODBOT_RATE_LIMIT_USER",
+        50.0,
+        "requests/s per signed-in user or API token owner (burst 2x; per replica; 0: off)",
+        float,
+    ),
+    Flag(
+        "forwarded-hops",
+        "MODBOT_FORWARDED_HOPS",
+        0,
+        "trusted proxies (an Ingress) in front that append to X-Forwarded-For",
+        int,
     ),
     Flag("log-level", "MODBOT_LOG_LEVEL", "info", "log level"),
 ]

@@ -92,7 +92,7 @@ async def running_config(
     redis_prefix: str = "modbot",
     shard_count: int | None = 4,
     heartbeat_timeout: float = 15.0,
-    internal_token: str = "",
+    migration_token: str = "",
     migration_step_delay: float = 0.0,
     balance: object | None = None,
 ) -> AsyncIterator[ConfigService]:
@@ -111,7 +111,7 @@ async def running_config(
         redis_prefix=redis_prefix,
         heartbeat_timeout=heartbeat_timeout,
         poll_interval=0.2,
-        internal_token=internal_token,
+        migration_token=migration_token,
         migration_step_delay=migration_step_delay,
         balance=balance,  # type: ignore[arg-type]
     )
@@ -240,3 +240,21 @@ async def eventually(predicate, timeout: float = 5.0, interval: float = 0.02):
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
         await asyncio.sleep(interval)
+
+
+@pytest.fixture
+async def svc(database_url):
+    """A config service on each dialect with two registered pods (``svc.http`` attached)."""
+    import aiohttp
+
+    url, schema = database_url
+    async with running_config(url, schema) as service, aiohttp.ClientSession() as http:
+        service.http = http
+        for i in range(2):
+            async with http.put(
+                f"{service.url}/v1/pods/gateway-{i}",
+                json={"url": f"http://127.0.0.1:{9000 + i}"},
+                headers={"Authorization": f"Bearer {ADMIN}"},
+            ) as r:
+                assert r.status == 200, await r.text()
+        yield service

@@ -4,6 +4,7 @@ file to a directory replica: the same commands the Kubernetes sidecar and init c
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import subprocess
 import sys
@@ -14,17 +15,30 @@ BIN = str(Path(sys.executable).parent / "litestream")
 
 
 class Litestream:
-    def __init__(self, db: str, replica: Path, workdir: Path) -> None:
+    def __init__(
+        self,
+        db: str,
+        replica: Path | None,
+        workdir: Path,
+        *,
+        config: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """A file replica at ``replica``, or any ``config`` (with ``env`` for its ${VARS})."""
         self.db = db
         self.replica = replica
+        self.env = {**os.environ, **(env or {})}
         self.config = workdir / f"litestream-{Path(db).stem}.yml"
         self.config.write_text(
-            "dbs:\n"
-            f"  - path: {db}\n"
-            "    replica:\n"
-            "      type: file\n"
-            f"      path: {replica}\n"
-            "      sync-interval: 200ms\n"
+            config
+            or (
+                "dbs:\n"
+                f"  - path: {db}\n"
+                "    replica:\n"
+                "      type: file\n"
+                f"      path: {replica}\n"
+                "      sync-interval: 200ms\n"
+            )
         )
         self.log = workdir / f"litestream-{Path(db).stem}.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -32,7 +46,7 @@ class Litestream:
     def replicate(self) -> None:
         log = open(self.log, "ab")  # noqa: SIM115 - kept open for the child
         self.proc = subprocess.Popen(
-            [BIN, "replicate", "-config", str(self.config)], stdout=log, stderr=log
+            [BIN, "replicate", "-config", str(self.config)], stdout=log, stderr=log, env=self.env
         )
 
     def stop(self, *, kill: bool = False) -> None:
@@ -52,7 +66,9 @@ class Litestream:
             args += ["-o", target]
         else:
             args += ["-if-db-not-exists", "-if-replica-exists"]
-        return subprocess.run([*args, self.db], capture_output=True, text=True, check=False)
+        return subprocess.run(
+            [*args, self.db], capture_output=True, text=True, check=False, env=self.env
+        )
 
     def replicated(self, sql: str, expected: object, scratch: Path, timeout: float = 20) -> None:
         """Wait until a restore of the replica (into a scratch file) answers ``sql`` with ``expected``."""

@@ -20,11 +20,13 @@ import aiohttp
 from conftest import ADMIN, READ, ConfigService, free_port, running_config
 
 from gateway_app.discord_sim.server import RunningSim, start_sim
+from router_proxy.auth import AuthSettings, Principal, identity_key_from, sign_identity
 from router_proxy.proxy import ProxySettings
 from router_proxy.server import RunningProxy, start_proxy
 
 CLI = str(Path(sys.executable).parent / "modbot-ring")
-INTERNAL = "internal-secret"
+INTERNAL = "internal-secret"  # proxy -> pod forwarding
+MIGRATION = "migration-secret"  # config service -> pod migration API
 A = {"Authorization": f"Bearer {ADMIN}"}
 
 
@@ -146,9 +148,9 @@ class Stack:
                 continue
             for gid in list(self.world.guilds)[:1]:
                 with contextlib.suppress(aiohttp.ClientError):
+                    path = f"/api/guilds/{gid}/stats"
                     async with self.http.get(
-                        f"{pod.url}/api/guilds/{gid}/stats",
-                        headers={"Authorization": f"Bearer {INTERNAL}"},
+                        f"{pod.url}{path}", headers=self.pod_headers("GET", path, gid)
                     ):
                         pass
 
@@ -178,6 +180,15 @@ class Stack:
     async def verify(self) -> dict[str, Any]:
         async with self.http.get(f"{self.config.url}/v1/verify", headers=A) as r:
             return dict(await r.json())
+
+    def pod_headers(self, method: str, path: str, guild: object) -> dict[str, str]:
+        """What the proxy sends a pod: its token and a signed (developer) identity."""
+        key = identity_key_from("", INTERNAL)
+        dev = Principal("0", "test", "dev")
+        return {
+            "Authorization": f"Bearer {INTERNAL}",
+            "X-Modbot-Identity": sign_identity(key, dev, str(guild), method, path),
+        }
 
     def calls(self, path_part: str) -> list[dict[str, Any]]:
         return [c.to_json() for c in self.sim.sim.calls if path_part in c.path]
@@ -226,6 +237,7 @@ def pod_process(
         "MODBOT_ADMIN_TOKEN": ADMIN,
         "MODBOT_READ_TOKEN": READ,
         "MODBOT_INTERNAL_TOKEN": INTERNAL,
+        "MODBOT_MIGRATION_TOKEN": MIGRATION,
         "DISCORD_TOKEN": "sim-token",
     }
     return PodProcess(name, port, database, args, env, log_path=str(tmp / f"{name}.log"))
@@ -246,8 +258,11 @@ async def running_stack(
     interaction_deadline: float = 2.5,
     migration_step_delay: float = 0.0,
     balance: Any = None,
+    auth: AuthSettings | None = None,
+    proxy_port: int = 0,
 ) -> Any:
-    sim = await start_sim()
+    # a large bot's IDENTIFY concurrency: each of the stack's shards has its own bucket
+    sim = await start_sim(max_concurrency=16)
     for i in range(guilds):
         sim.sim.world.create_guild(f"guild-{i}")
     async with running_config(
@@ -257,7 +272,7 @@ async def running_stack(
         redis_prefix=redis_prefix,
         shard_count=shard_count,
         heartbeat_timeout=heartbeat_timeout,
-        internal_token=INTERNAL,
+        migration_token=MIGRATION,
         migration_step_delay=migration_step_delay,
         balance=balance,
     ) as config:
@@ -275,6 +290,8 @@ async def running_stack(
             discord_api_url=sim.api_url,
             interaction_deadline=interaction_deadline,
             followup_window=60,
+            # tests not about sign-in run the proxy as local development does
+            auth=auth or AuthSettings(no_auth=True, rate_limit_anon=0, rate_limit_user=0),
         )
         proxy = await start_proxy(
             settings,
@@ -283,6 +300,7 @@ async def running_stack(
             redis_prefix=redis_prefix,
             read_token=READ,
             poll_interval=0.2,
+            port=proxy_port,
         )
         http = aiohttp.ClientSession()
         stack = Stack(sim, config, proxy, procs, http, tmp)

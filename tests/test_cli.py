@@ -68,9 +68,9 @@ async def test_operator_flow(svc):
     "args, code, message",
     [
         (("pin", "12x", "gateway-0"), 2, "invalid guild id '12x'"),
-        (("pin", GID, "ghost"), 3, "HTTP 409: cannot pin to unknown pod 'ghost'"),
-        (("unpin", GID), 1, "HTTP 404"),
-        (("drain", "ghost"), 1, "no pod named 'ghost'"),
+        (("pin", GID, "ghost"), 3, "HTTP 404: cannot pin to unknown pod 'ghost'"),
+        (("unpin", GID), 3, "HTTP 404"),
+        (("drain", "ghost"), 3, "no pod named 'ghost'"),
     ],
 )
 async def test_errors_exit_non_zero_with_one_line(svc, args, code, message):
@@ -82,7 +82,7 @@ async def test_wrong_token_and_unreachable_service(svc):
     got, _, err = await cli("pin", GID, "gateway-0", url=svc.url, token="nope")
     assert got == 1 and "HTTP 401" in err and err.count("\n") == 1
     got, _, err = await cli("status", url=f"http://127.0.0.1:{free_port()}")
-    assert got == 4 and "cannot reach the config service" in err and err.count("\n") == 1
+    assert got == 5 and "cannot reach the config service" in err and err.count("\n") == 1
 
 
 async def test_db_upgrade(pg_schema, tmp_path):
@@ -110,7 +110,7 @@ async def test_db_upgrade(pg_schema, tmp_path):
         stderr=asyncio.subprocess.PIPE,
     )
     _, err = await proc.communicate()
-    assert proc.returncode != 0 and err.count(b"\n") == 1 and b"unsupported database URL" in err
+    assert proc.returncode == 2 and err.count(b"\n") == 1 and b"postgresql://" in err
 
 
 async def test_bad_plan_paths_and_ids_are_refused_before_anything_is_created(svc, tmp_path):

@@ -12,21 +12,6 @@ A = {"Authorization": f"Bearer {ADMIN}"}
 R = {"Authorization": f"Bearer {READ}"}
 
 
-@pytest.fixture
-async def svc(database_url):
-    url, schema = database_url
-    async with running_config(url, schema) as service, aiohttp.ClientSession() as http:
-        service.http = http
-        for i in range(2):
-            async with http.put(
-                f"{service.url}/v1/pods/gateway-{i}",
-                json={"url": f"http://127.0.0.1:{9000 + i}"},
-                headers=A,
-            ) as r:
-                assert r.status == 200, await r.text()
-        yield service
-
-
 async def call(svc, method, path, *, headers=A, **kw):
     async with svc.http.request(method, svc.url + path, headers=headers, **kw) as r:
         body = await r.read()
@@ -94,7 +79,7 @@ async def test_wrong_or_missing_token_is_401_without_a_stack_trace(svc, method, 
         ("PUT", "/v1/pins/12x", {"pod": "gateway-0"}, 400, "invalid guild id '12x'"),
         ("PUT", "/v1/pins/0", {"pod": "gateway-0"}, 400, "must be positive"),
         ("GET", "/v1/guilds/-5/route", None, 400, "invalid guild id"),
-        ("PUT", f"/v1/pins/{GID}", {"pod": "ghost"}, 409, "unknown pod 'ghost'"),
+        ("PUT", f"/v1/pins/{GID}", {"pod": "ghost"}, 404, "unknown pod 'ghost'"),
         (
             "PUT",
             f"/v1/pins/{GID}",
@@ -174,6 +159,8 @@ async def test_if_match_conflict_is_409(svc):
 
 
 async def test_pods_drain_and_status(svc):
+    status, st, _ = await call(svc, "GET", "/v1/status", headers=R)
+    before = {p["name"]: p["shards"] for p in st["pods"]}
     status, _data, _ = await call(svc, "POST", "/v1/pods/gateway-1/drain")
     assert status == 200
     status, pods, _ = await call(svc, "GET", "/v1/pods", headers=R)
@@ -184,7 +171,9 @@ async def test_pods_drain_and_status(svc):
     status, st, _ = await call(svc, "GET", "/v1/status", headers=R)
     assert status == 200 and st["shard_count"] == 4
     shards = {p["name"]: p["shards"] for p in st["pods"]}
-    assert shards == {"gateway-0": 4, "gateway-1": 0}
+    # draining holds what the pod has (shards pinned in place) until a plan moves it
+    assert shards == before and shards["gateway-1"] > 0
+    assert st["shard_pin_count"] == 4
     status, _, _ = await call(svc, "POST", "/v1/pods/gateway-1/activate")
     assert status == 200
     status, hb, _ = await call(
@@ -203,7 +192,7 @@ async def test_audit_endpoint(svc):
     )
     _status, data, _ = await call(svc, "GET", "/v1/audit?limit=1", headers=R)
     entry = data["entries"][0]
-    assert (entry["actor"], entry["action"], entry["outcome"]) == ("carol", "pin.set", "conflict")
+    assert (entry["actor"], entry["action"], entry["outcome"]) == ("carol", "pin.set", "not_found")
 
 
 async def test_openapi_describes_every_route(svc):
@@ -252,3 +241,208 @@ async def test_pods_missing_heartbeats_go_offline(database_url):
 
 async def _eq(coro, value):
     return (await coro) == value
+
+
+# -- hostile input (issue 12): each of these was a 500 or was accepted ---------------------
+
+TOO_BIG = "18446744073709551615"  # a valid unsigned snowflake, beyond every signed 64-bit store
+
+
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("GET", f"/v1/guilds/{TOO_BIG}/route", None),
+        ("GET", f"/v1/pins/{TOO_BIG}", None),
+        ("PUT", f"/v1/pins/{TOO_BIG}", {"pod": "gateway-0"}),
+        ("DELETE", f"/v1/pins/{TOO_BIG}", None),
+        ("PUT", f"/v1/pins/{2**63}", {"pod": "gateway-0"}),
+        ("POST", "/v1/pins/bulk", {"set": [{"guild_id": TOO_BIG, "pod": "gateway-0"}]}),
+        ("POST", "/v1/pins/bulk", {"delete": [str(2**63)]}),
+        ("POST", "/v1/migrations", {"guild_id": TOO_BIG, "to": "gateway-1"}),
+        ("POST", "/v1/plans", {"restore": {"pins": {TOO_BIG: "gateway-0"}}}),
+    ],
+)
+async def test_guild_ids_beyond_signed_64_bit_are_a_400(svc, method, path, body):
+    status, data, _ = await call(svc, method, path, json=body)
+    assert status == 400 and "2**63-1" in data["error"], data
+    _, pins, _ = await call(svc, "GET", "/v1/pins", headers=R)
+    assert pins["pins"] == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.0.0.5:8701\r\nX-Injected: 1",
+        "http://10.0.0.5:8701\n",
+        "http://gateway 0:8701",
+        "http://user:pw@10.0.0.5:8701",
+        "http://@10.0.0.5:8701",
+        "http://10.0.0.5:8701/?x=1",
+        "http://10.0.0.5:8701#frag",
+        "http://10.0.0.5:8701/../admin",
+        "http://10.0.0.5:0",
+        "http://10.0.0.5:65536",
+        "http://10.0.0.5:",
+        "http://10.0.0.5:87a1",
+        "http://:8701",
+        "http://",
+        "https://[::1:8443",
+        "https://[zz::1]:8443",
+        "http://gatéway:8701",
+        "http://-bad-.host:1",
+        "ftp://10.0.0.5:21",
+        "gopher://x",
+        "10.0.0.5:8701",
+        "",
+    ],
+)
+async def test_pod_urls_are_validated_at_registration(svc, url):
+    status, data, _ = await call(svc, "PUT", "/v1/pods/gateway-5", json={"url": url})
+    assert status == 400 and "url" in data["error"], (url, data)
+    _, pods, _ = await call(svc, "GET", "/v1/pods", headers=R)
+    assert "gateway-5" not in {p["name"] for p in pods["pods"]}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://gateway-5.gateway.modbot.svc.cluster.local:8701",
+        "https://[::1]:8443",
+        "http://127.0.0.1:9005/",
+        "http://127.0.0.1:9005/pods/gateway-5",
+        "HTTP://127.0.0.1:9005",
+    ],
+)
+async def test_plain_pod_urls_are_accepted(svc, url):
+    status, data, _ = await call(svc, "PUT", "/v1/pods/gateway-5", json={"url": url})
+    assert status == 200, data
+    _, pods, _ = await call(svc, "GET", "/v1/pods", headers=R)
+    stored = {p["name"]: p["url"] for p in pods["pods"]}["gateway-5"]
+    assert stored == url.rstrip("/")
+
+
+@pytest.mark.parametrize(
+    "method, path, extra",
+    [
+        ("GET", "/v1/migrations/" + "9" * 20, {}),
+        ("POST", "/v1/migrations/" + "9" * 20 + "/cancel", {}),
+        ("GET", "/v1/migrations/-1", {}),
+        ("GET", "/v1/audit?before=" + "9" * 30, {}),
+        ("GET", "/v1/audit?before=" + "9" * 5000, {}),
+        ("GET", "/v1/audit?limit=%C2%B2", {}),
+        ("GET", "/v1/pins?after=" + "9" * 30, {}),
+        ("GET", "/v1/pins?limit=-5", {}),
+        ("PUT", f"/v1/pins/{GID}", {"If-Match": "9" * 5000}),
+        ("PUT", f"/v1/pins/{GID}", {"If-Match": '"²"'}),
+        ("PUT", f"/v1/pins/{GID}", {"If-Match": str(2**63)}),
+    ],
+)
+async def test_oversized_and_odd_numbers_are_a_400(svc, method, path, extra):
+    status, data, _ = await call(
+        svc, method, path, headers={**A, **extra}, json={"pod": "gateway-0"}
+    )
+    assert status == 400 and ("integer" in data["error"] or "version" in data["error"]), data
+
+
+@pytest.mark.parametrize(
+    "restore",
+    [
+        "all of it",
+        [],
+        {"shards": "x"},
+        {"pins": ["1"]},
+        {"shards": {"zero": "gateway-0"}},
+        {"shards": {"-1": "gateway-0"}},
+        {"shards": {"0": 7}},
+        {"pins": {"12x": "gateway-0"}},
+        {"pins": {str(GID): None}},
+        {"shards": {}, "extra": 1},
+    ],
+)
+async def test_plan_restore_checks_the_saved_assignment(svc, restore):
+    status, data, _ = await call(svc, "POST", "/v1/plans", json={"restore": restore})
+    assert status == 400 and "restore" in data["error"], data
+
+
+async def test_deeply_nested_json_is_a_400(svc):
+    deep = b"[" * 200_000 + b"]" * 200_000
+    for method, path in (("PUT", f"/v1/pins/{GID}"), ("POST", "/v1/plans")):
+        status, data, _ = await call(
+            svc, method, path, data=deep, headers={**A, "Content-Type": "application/json"}
+        )
+        assert status == 400 and "not valid JSON" in data["error"]
+
+
+async def test_verify_reports_a_pod_that_answers_nonsense(svc):
+    """A registered URL that answers garbage is a finding in the report, not a 500."""
+    from aiohttp import web
+
+    answers = {"/internal/guilds": web.json_response({"guilds": ["not-an-id", 2**64]})}
+
+    async def nonsense(request: web.Request) -> web.Response:
+        return answers.get(request.path, web.json_response({"error": "nope"}, status=401))
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", nonsense)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    from conftest import free_port
+
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        for body in ({"guilds": ["not-an-id"]}, [1, 2], {"guilds": [str(2**64)]}, None):
+            answers["/internal/guilds"] = (
+                web.json_response(body) if body is not None else web.Response(status=403)
+            )
+            status, _, _ = await call(
+                svc, "PUT", "/v1/pods/gateway-0", json={"url": f"http://127.0.0.1:{port}"}
+            )
+            assert status == 200
+            status, data, _ = await call(svc, "GET", "/v1/verify", headers=R)
+            assert status == 200 and not data["clean"], data
+            assert any("gateway-0" in p for p in data["problems"]), data
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "Bearer été",
+        "Bearer \u2603",
+        "Basic " + "é" * 8,
+        "Bearer",
+        "Bearer  ",
+        "bearer " + ADMIN + " extra",
+        "Bearer " + "x" * 5_000,
+    ],
+)
+async def test_odd_authorization_headers_are_a_401_json(svc, header):
+    for method, path in (("GET", "/v1/table"), ("PUT", f"/v1/pins/{GID}"), ("GET", "/ops")):
+        async with svc.http.request(
+            method,
+            svc.url + path,
+            headers={"Authorization": header.encode("utf-8").decode("latin-1")},
+            json={"pod": "gateway-0"},
+        ) as r:
+            assert r.status == 401, (path, header[:20], await r.text())
+            assert "error" in await r.json()
+
+
+async def test_non_ascii_basic_password_on_the_ops_page_is_a_401(svc):
+    import base64
+
+    creds = base64.b64encode("ops:pässwörd".encode()).decode()
+    async with svc.http.get(svc.url + "/ops", headers={"Authorization": f"Basic {creds}"}) as r:
+        assert r.status == 401
+    creds = base64.b64encode(f"ops:{ADMIN}".encode()).decode()
+    async with svc.http.get(svc.url + "/ops", headers={"Authorization": f"Basic {creds}"}) as r:
+        assert r.status == 200
+
+
+async def test_the_bearer_scheme_is_case_insensitive(svc):
+    status, _, _ = await call(
+        svc, "GET", "/v1/table/version", headers={"Authorization": f"bearer {READ}"}
+    )
+    assert status == 200

@@ -1,12 +1,14 @@
 """The README's first command: `modbot-ring dev up` serves a working dashboard link and stops cleanly."""
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
 import socket
 import sys
 import time
+from html import unescape
 from pathlib import Path
 
 import aiohttp
@@ -44,7 +46,7 @@ async def test_dev_up_serves_a_dashboard_within_30_seconds_and_stops_on_ctrl_c(
     tmp_path, backing, pg_schema, redis_prefix
 ):
     started = time.monotonic()
-    base = free_block(6)
+    base = free_block(7)  # sim, config, proxy, pods, the proxy's health port
     extra: list[str] = []
     env = dict(os.environ)
     if backing != "embedded":  # real ones, isolated in a schema and a key prefix of the test's own
@@ -66,13 +68,28 @@ async def test_dev_up_serves_a_dashboard_within_30_seconds_and_stops_on_ctrl_c(
         stderr=asyncio.subprocess.STDOUT,
     )
     try:
-        link = None
+        link = login = None
         while link is None:
             line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode()
             assert line, "dev up exited early"
-            m = re.search(r"(http://\S+/guild/\d+/dashboard)", line)
+            m = re.search(r"(http://\S+/login\?next=\S+)", line)
+            login = login or (m and m.group(1))
+            m = re.search(r"(http://[^\s?]+/guild/\d+/dashboard)", line)
             link = m and m.group(1)
-        async with aiohttp.ClientSession() as http:
+        assert login is not None
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            # the printed login link: the simulator's consent page, pick dev-admin, authorize
+            async with http.get(login) as r:
+                page = await r.text()
+                assert r.status == 200 and 'id="authorize"' in page, page[:500]
+                consent = str(r.url).split("?")[0]
+            fields = dict(re.findall(r'name="([^"]+)" value="([^"]*)"', page))
+            user = re.search(r'<option value="(\d+)"[^>]*>dev-admin<', page)
+            assert user is not None
+            fields = {k: unescape(v) for k, v in fields.items()}
+            fields |= {"user_id": user.group(1), "action": "authorize"}
+            async with http.post(consent, data=fields) as r:
+                assert r.status == 200 and "<svg" in await r.text()
             while True:
                 async with http.get(link) as r:
                     html = await r.text()
@@ -92,3 +109,65 @@ async def test_dev_up_serves_a_dashboard_within_30_seconds_and_stops_on_ctrl_c(
         assert await asyncio.wait_for(proc.wait(), 20) == 0
     for log in tmp_path.glob("*.log"):
         assert "Traceback" not in log.read_text(), log.name
+
+
+def _child_pid(parent: int, name: str) -> int:
+    """The pid of `dev up`'s child serving ``name`` (from /proc: children of our own process)."""
+    for task in Path(f"/proc/{parent}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if b"--name" in cmd and cmd[cmd.index(b"--name") + 1].decode() == name:
+                return int(pid)
+    raise AssertionError(f"no child named {name}")
+
+
+async def test_dev_up_restarts_a_killed_child_and_says_so(tmp_path):
+    base = free_block(7)  # sim, config, proxy, pods, the proxy's health port
+    proc = await asyncio.create_subprocess_exec(
+        CLI,
+        "dev",
+        "up",
+        "--state-dir",
+        str(tmp_path),
+        "--base-port",
+        str(base),
+        "--pods",
+        "2",
+        "--trickle",
+        "0.2",
+        # one IDENTIFY bucket per shard: the stack comes up without waiting on buckets
+        env={**os.environ, "MODBOT_SIM_MAX_CONCURRENCY": "16"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        link = None
+        while link is None:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 90)).decode()
+            assert line, "dev up exited early"
+            m = re.search(r"(http://[^\s?]+/guild/\d+/dashboard)", line)
+            link = m and m.group(1)
+        victim = _child_pid(proc.pid, "gateway-0")
+        os.kill(victim, signal.SIGKILL)
+        while True:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 20)).decode()
+            assert line, "dev up exited"
+            if line.startswith("gateway-0 exited"):
+                break
+        assert "code -9" in line and re.search(r"restarting in \d+(\.\d+)? s", line), line
+        pod_url = f"http://127.0.0.1:{base + 3}/readyz"
+        async with aiohttp.ClientSession() as http:
+            deadline = time.monotonic() + 30
+            while True:
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with http.get(pod_url) as r:
+                        if r.status == 200 and (await r.json()).get("pod") == "gateway-0":
+                            break
+                assert time.monotonic() < deadline, "gateway-0 did not come back"
+                await asyncio.sleep(0.2)
+            assert _child_pid(proc.pid, "gateway-0") != victim
+            async with http.get(link) as r:  # and the stack serves dashboards again
+                assert r.status == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0

@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 from conftest import ADMIN, READ, free_port, running_config
 
+from router_proxy.auth import AuthSettings
 from router_proxy.proxy import ProxySettings
 from router_proxy.server import start_proxy
 
@@ -72,7 +73,11 @@ async def proxied(tmp_path):
         ):
             assert r.status == 200
         proxy = await start_proxy(
-            ProxySettings(internal_token="inside", upstream_timeout=1.0),
+            ProxySettings(
+                internal_token="inside",
+                upstream_timeout=1.0,
+                auth=AuthSettings(no_auth=True, rate_limit_anon=0, rate_limit_user=0),
+            ),
             config_url=config.url,
             read_token=READ,
         )
@@ -174,7 +179,7 @@ async def test_fast_path_requests_are_counted_by_route_pod_and_status(proxied):
         await pod.stop()
         async with http.get(f"{proxy.url}/api/guilds/42/m") as r:
             assert r.status == 503
-        async with http.get(f"{proxy.url}/metrics") as r:
+        async with http.get(f"{proxy.admin_url}/metrics") as r:
             text = await r.text()
         await pod.start()
     route = 'route="/api/guilds/{guild_id}/{tail}"'

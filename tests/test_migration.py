@@ -1,11 +1,15 @@
 """Guild migration end to end: no message, command or row lost; the source keeps nothing."""
 
 import asyncio
+import contextlib
 import json
 
 import pytest
 from conftest import PG_URL, eventually
-from stack import running_stack
+from stack import MIGRATION, running_stack
+
+from config_store.api import MIGRATOR_KEY
+from gateway_app.storage import EXPORT_COLUMNS, GuildStore, checksum
 
 
 @pytest.fixture
@@ -14,19 +18,28 @@ async def stack(tmp_path, pg_schema):
         yield s
 
 
-async def stream(stack, gid, stop: asyncio.Event, sent: list[int]):
+def pick(stack):
+    """A guild, its owner and the other pod (guild ids are random: either pod may own all)."""
+    table = stack.proxy.tables.table
+    guild = next(iter(stack.world.guilds.values()))
+    source = table.owner(guild.id)
+    return guild, source, "gateway-1" if source == "gateway-0" else "gateway-0"
+
+
+async def stream(
+    stack, gid, stop: asyncio.Event, sent: list[int], count: int = 10, pause: float = 0.01
+):
     """A steady message stream at one guild until told to stop."""
     while not stop.is_set():
         async with stack.http.post(
-            f"{stack.sim.url}/control/messages", json={"guild_id": str(gid), "count": 10}
+            f"{stack.sim.url}/control/messages", json={"guild_id": str(gid), "count": count}
         ) as r:
             sent.append((await r.json())["sent"])
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(pause)
 
 
 async def test_a_guild_migrates_under_a_steady_stream_with_nothing_lost(stack):
-    table = stack.proxy.tables.table
-    guild = next(g for g in stack.world.guilds.values() if table.owner(g.id) == "gateway-0")
+    guild, src, dst = pick(stack)
     role = next(r for r in guild.roles if r != guild.id)
     await stack.interact(
         guild.id,
@@ -38,7 +51,7 @@ async def test_a_guild_migrates_under_a_steady_stream_with_nothing_lost(stack):
     stop, sent = asyncio.Event(), []
     streamer = asyncio.create_task(stream(stack, guild.id, stop, sent))
     await asyncio.sleep(0.3)
-    migration = await stack.migrate(guild.id, "gateway-1")
+    migration = await stack.migrate(guild.id, dst)
     replies = []
     while (await stack.migration(migration["id"]))["state"] not in ("done", "rolled_back"):
         replies.append(
@@ -53,10 +66,10 @@ async def test_a_guild_migrates_under_a_steady_stream_with_nothing_lost(stack):
 
     async def all_there():
         await stack.flush_pods()
-        return stack.pods["gateway-1"].message_counts().get(guild.id) == sum(sent)
+        return stack.pods[dst].message_counts().get(guild.id) == sum(sent)
 
     await eventually(all_there, timeout=20)
-    target, source = stack.pods["gateway-1"], stack.pods["gateway-0"]
+    target, source = stack.pods[dst], stack.pods[src]
     for table_name in (
         "message_stats",
         "guilds",
@@ -86,13 +99,13 @@ async def test_a_guild_migrates_under_a_steady_stream_with_nothing_lost(stack):
         )
     assert (await stack.verify())["clean"]
     route = stack.proxy.tables.table.route(guild.id)
-    assert route.pod == "gateway-1" and route.epoch == done["epoch"] and not route.migrating
+    assert route.pod == dst and route.epoch == done["epoch"] and not route.migrating
     # a coordinator with a stale epoch cannot touch the guild on either pod
     for pod in (source, target):
         async with stack.http.post(
             f"{pod.url}/internal/guilds/{guild.id}/freeze",
             json={"epoch": done["epoch"] - 1},
-            headers={"Authorization": "Bearer internal-secret"},
+            headers={"Authorization": "Bearer migration-secret"},
         ) as r:
             assert r.status == 409 and "stale epoch" in (await r.json())["error"]
 
@@ -101,13 +114,12 @@ async def test_cancel_before_the_flip_rolls_back(tmp_path, pg_schema):
     async with running_stack(
         tmp_path, PG_URL, pg_schema, pods=2, guilds=4, shard_count=4, migration_step_delay=0.4
     ) as stack:
-        table = stack.proxy.tables.table
-        guild = next(g for g in stack.world.guilds.values() if table.owner(g.id) == "gateway-0")
+        guild, src, dst = pick(stack)
         async with stack.http.post(
             f"{stack.sim.url}/control/messages", json={"guild_id": str(guild.id), "count": 40}
         ) as r:
             assert r.status == 200
-        migration = await stack.migrate(guild.id, "gateway-1")
+        migration = await stack.migrate(guild.id, dst)
         await eventually(lambda: _state_is(stack, migration["id"], "frozen"), timeout=10)
         async with stack.http.post(
             f"{stack.sim.url}/control/messages", json={"guild_id": str(guild.id), "count": 25}
@@ -123,13 +135,172 @@ async def test_cancel_before_the_flip_rolls_back(tmp_path, pg_schema):
 
         async def back():
             await stack.flush_pods()
-            return stack.pods["gateway-0"].message_counts().get(guild.id) == 65
+            return stack.pods[src].message_counts().get(guild.id) == 65
 
         await eventually(back, timeout=15)
-        assert guild.id not in stack.pods["gateway-1"].message_counts()
-        assert stack.proxy.tables.table.owner(guild.id) == "gateway-0"
+        assert guild.id not in stack.pods[dst].message_counts()
+        assert stack.proxy.tables.table.owner(guild.id) == src
         assert (await stack.verify())["clean"]
 
 
 async def _state_is(stack, mid, state):
     return (await stack.migration(mid))["state"] == state
+
+
+async def test_the_delta_inside_the_freeze_is_only_what_changed_since_the_pre_copy(stack):
+    """The hold window must depend on the rows changed since the pre-copy, not on the
+    guild's size or on how recent its messages are: 1,500 messages sent just before the
+    move are all in the pre-copy, and only the stream's few rows cross inside the freeze."""
+    guild, src, dst = pick(stack)
+    async with stack.http.post(
+        f"{stack.sim.url}/control/messages", json={"guild_id": str(guild.id), "count": 1500}
+    ) as r:
+        assert (await r.json())["sent"] == 1500
+
+    async def stored():
+        await stack.flush_pods()
+        return stack.pods[src].message_counts().get(guild.id) == 1500
+
+    await eventually(stored, timeout=15)
+    stop, sent = asyncio.Event(), []
+    streamer = asyncio.create_task(stream(stack, guild.id, stop, sent, count=2, pause=0.02))
+    await asyncio.sleep(0.2)
+    migration = await stack.migrate(guild.id, dst)
+    done = await stack.wait_migration(migration["id"])
+    await asyncio.sleep(0.2)
+    stop.set()
+    await streamer
+    assert done["state"] == "done"
+    detail = done["detail"]
+    assert detail["precopied"] >= 1500
+    # what the stream wrote between the copy and the freeze: a few batches, not the guild
+    assert detail["copied"]["message_stats"] < 300, detail
+    assert set(detail["timings"]) >= {"freeze", "delta_export", "import", "flip", "replay"}
+
+    async def all_there():
+        await stack.flush_pods()
+        return stack.pods[dst].message_counts().get(guild.id) == 1500 + sum(sent)
+
+    await eventually(all_there, timeout=20)
+    assert guild.id not in stack.pods[src].message_counts()
+
+
+async def test_a_delta_export_with_a_tracker_the_source_does_not_know_sends_every_row(stack):
+    """Confused coordinator (or a source that restarted and lost its tracker): the delta
+    cannot be trusted, so the export falls back to every row, never to a partial delta."""
+    guild, src, _ = pick(stack)
+    pod = stack.pods[src]
+    auth = {"Authorization": f"Bearer {MIGRATION}"}
+    async with stack.http.post(
+        f"{stack.sim.url}/control/messages", json={"guild_id": str(guild.id), "count": 30}
+    ) as r:
+        assert r.status == 200
+
+    async def stored():
+        await stack.flush_pods()
+        return pod.message_counts().get(guild.id) == 30
+
+    await eventually(stored, timeout=10)
+    async with stack.http.post(
+        f"{pod.url}/internal/guilds/{guild.id}/freeze", json={"epoch": 0}, headers=auth
+    ) as r:
+        assert r.status == 200, await r.text()
+    try:
+        async with stack.http.get(
+            f"{pod.url}/internal/guilds/{guild.id}/export?mode=delta&track=not-a-tracker",
+            headers=auth,
+        ) as r:
+            assert r.status == 200, await r.text()
+            body = await r.json()
+        assert body["mode"] == "full" and body["counts"]["message_stats"] == 30
+    finally:
+        async with stack.http.post(
+            f"{pod.url}/internal/guilds/{guild.id}/unfreeze", json={"epoch": 0}, headers=auth
+        ) as r:
+            assert r.status == 200, await r.text()
+
+
+async def test_an_import_and_the_batch_writer_do_not_corrupt_each_other(tmp_path):
+    """Fault: the target holds a live stream's events (the batch writer commits every
+    20 ms) while a big import runs. Sharing one connection, the writer's BEGIN failed
+    inside the import's transaction and its ROLLBACK undid the import half-way; the
+    import now has its own connection and both complete, nothing lost."""
+    gid = 4242
+    store = GuildStore(str(tmp_path / "target.db"))
+    await store.open()
+    try:
+        pad = [None] * (len(EXPORT_COLUMNS["message_stats"]) - 8)  # mod-bot's extra columns
+        rows = [[gid, i, 1, 2, 3, 4, 1_700_000_000.0 + i, None, *pad] for i in range(1, 60_001)]
+        payload = {
+            "mode": "precopy",
+            "rows": {t: (rows if t == "message_stats" else []) for t in EXPORT_COLUMNS},
+            "counts": {t: (len(rows) if t == "message_stats" else 0) for t in EXPORT_COLUMNS},
+        }
+        payload["checksum"] = checksum(payload["rows"])
+        stop = asyncio.Event()
+        held = 0
+
+        async def hold_stream() -> None:
+            nonlocal held
+            while not stop.is_set():
+                held += 1
+                store.hold_event(gid, f"m:{held}", {"kind": "message", "n": held})
+                await asyncio.sleep(0.001)
+
+        streamer = asyncio.create_task(hold_stream())
+        for _ in range(3):  # a few imports, so some overlap a writer batch for sure
+            result = await store.import_guild(gid, 1, payload)
+            assert result["counts"]["message_stats"] == 60_000
+        stop.set()
+        await streamer
+        await store.flush()
+        counts = await store.row_counts(gid)
+        assert counts["message_stats"] == 60_000
+        assert counts["held_events"] == held
+    finally:
+        await store.close()
+
+
+async def test_cancel_in_prepared_unfreezes_a_source_frozen_by_a_coordinator_that_died(
+    tmp_path, pg_schema
+):
+    """Fault: the coordinator froze the source and died before recording ``frozen``; the
+    migration is then cancelled while still ``prepared`` and a coordinator resumes it. The
+    rollback must unfreeze the source, or the guild's events stay held there for good."""
+    async with running_stack(
+        tmp_path, PG_URL, pg_schema, pods=2, guilds=3, shard_count=4, migration_step_delay=30
+    ) as stack:
+        guild, src, dst = pick(stack)
+        source = stack.pods[src]
+        auth = {"Authorization": f"Bearer {MIGRATION}"}
+        migrator = stack.config.app[MIGRATOR_KEY]
+        migration = await stack.migrate(guild.id, dst)
+        assert migration["state"] == "prepared"
+        # the coordinator dies (its task, asleep before the step, is gone) after it froze
+        # the source at the migration's epoch and before it recorded ``frozen``
+        task = migrator.tasks[migration["id"]]
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        async with stack.http.post(
+            f"{source.url}/internal/guilds/{guild.id}/freeze",
+            json={"epoch": migration["epoch"]},
+            headers=auth,
+        ) as r:
+            assert r.status == 200, await r.text()
+        await migrator.cancel(migration["id"])
+        migrator.step_delay = 0.0
+        assert await asyncio.wait_for(migrator.run(migration["id"]), 30) == "rolled_back"
+        async with stack.http.get(f"{source.url}/internal/guilds/{guild.id}", headers=auth) as r:
+            status = await r.json()
+        assert status["state"] == "normal" and not status["holding"], status
+        async with stack.http.post(
+            f"{stack.sim.url}/control/messages", json={"guild_id": str(guild.id), "count": 20}
+        ) as r:
+            assert r.status == 200
+
+        async def written():
+            await stack.flush_pods()
+            return source.message_counts().get(guild.id) == 20
+
+        await eventually(written, timeout=15)

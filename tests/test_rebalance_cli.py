@@ -57,7 +57,7 @@ async def test_operator_rebalance_flow(tmp_path, pg_schema):
         code, out, err = await cli(stack, "apply", str(plan_file), "--yes", "--concurrency", "2")
         assert code == 0 and "done" in out, err
         code, _, err = await cli(stack, "apply", str(plan_file), "--yes")
-        assert code == 3 and "is done" in err  # a finished plan is not applied twice
+        assert code == 4 and "is done" in err  # a finished plan is not applied twice
         await stack.converge()
         assert stack.pods["gateway-2"].message_counts()
         code, out, _ = await cli(stack, "verify")
@@ -78,7 +78,7 @@ async def test_operator_rebalance_flow(tmp_path, pg_schema):
         assert code == 0
         await stack.pin(int(guilds[1]), "gateway-2")  # the table moves on
         code, _, err = await cli(stack, "apply", str(stale), "--yes")
-        assert code == 3 and "regenerate" in err
+        assert code == 4 and "regenerate" in err
 
         code, _, err = await cli(stack, "apply", str(tmp_path / "missing.json"), "--yes")
         assert code == 2 and "cannot read" in err

@@ -156,8 +156,13 @@ async def test_5_a_new_pod_gets_the_plan_that_fills_it(stack):
     async def proposal():
         async with stack.http.get(f"{stack.config.url}/v1/plans", headers=A) as r:
             plans = [p for p in (await r.json())["plans"] if p["actor"] == "balancer"]
-        waiting = [p for p in plans if p["state"] == "proposed"]
-        return waiting[0] if waiting else None
+        # the one made for gateway-2 (a pod the ring left empty earlier may have had its own)
+        waiting = [
+            p
+            for p in plans
+            if p["state"] == "proposed" and "gateway-2" in {m["to"] for m in p["plan"]["moves"]}
+        ]
+        return waiting[-1] if waiting else None
 
     plan = await eventually(proposal, timeout=30, interval=0.2)
     moves = plan["plan"]["moves"]

@@ -29,6 +29,7 @@ async def wait_ok(http, url, timeout=30):
 async def test_serve_config_sim_and_proxy_from_flags(tmp_path):
     env = {**os.environ, "MODBOT_ADMIN_TOKEN": ADMIN, "MODBOT_READ_TOKEN": READ}
     config_port, sim_port, proxy_port = free_port(), free_port(), free_port()
+    admin_port = free_port()
     procs = [
         await asyncio.create_subprocess_exec(
             CLI,
@@ -57,6 +58,8 @@ async def test_serve_config_sim_and_proxy_from_flags(tmp_path):
             "00" * 32,
             "--workers",
             "2",
+            "--admin-port",
+            str(admin_port),
             env=env,
         ),
     ]
@@ -66,7 +69,7 @@ async def test_serve_config_sim_and_proxy_from_flags(tmp_path):
             assert ready["database"] == "ok"
             info = await wait_ok(http, f"http://127.0.0.1:{sim_port}/control/info")
             assert info["guilds"] == 3 and len(info["public_key"]) == 64
-            ready = await wait_ok(http, f"http://127.0.0.1:{proxy_port}/readyz")
+            ready = await wait_ok(http, f"http://127.0.0.1:{admin_port}/readyz")
             assert ready["config_service"] == "ok"
             proxy = procs[2].pid
             children = Path(f"/proc/{proxy}/task/{proxy}/children").read_text().split()
@@ -84,6 +87,7 @@ async def test_serve_config_sim_and_proxy_from_flags(tmp_path):
         (["config", "--balance-threshold", "1.1", "--balance-clear", "1.2"], "clear"),
         (["config", "--balance-mode", "sometimes"], "invalid choice"),
         (["proxy", "--workers", "0"], "--workers"),
+        (["proxy", "--no-auth", "true", "--host", "0.0.0.0"], "--no-auth"),
     ],
 )
 async def test_bad_server_flags_exit_2_with_one_line(argv, message, tmp_path):

@@ -20,7 +20,7 @@ async def store(database_url):
 async def test_migrations_are_idempotent(database_url):
     url, schema = database_url
     first = await open_store(url, schema=schema, migrate=False)
-    assert await first.migrate() == ["0001_initial"]
+    assert await first.migrate() == ["0001_initial", "0002_plan_versions"]
     assert await first.migrate() == []
     await first.close()
     again = await open_store(url, schema=schema)  # migrate at start: nothing to do
@@ -55,7 +55,7 @@ async def test_no_op_changes_do_not_bump(store):
 async def test_refused_changes_are_rolled_back_and_audited(store):
     await store.register_pod("gateway-0", "http://a", None, "t")
     before = await store.version()
-    with pytest.raises(Conflict, match="unknown pod"):
+    with pytest.raises(NotFound, match="unknown pod"):
         await store.set_pins([(GID, "ghost", "")], [], "bob")
     with pytest.raises(Conflict, match="version"):
         await store.set_pins([(GID, "gateway-0", "")], [], "bob", expected_version=before - 1)
@@ -67,13 +67,13 @@ async def test_refused_changes_are_rolled_back_and_audited(store):
     assert outcomes == [
         ("pin.delete", "not_found"),
         ("pin.set", "conflict"),
-        ("pin.set", "conflict"),
+        ("pin.set", "not_found"),
     ]
 
 
 async def test_bulk_is_all_or_nothing(store):
     await store.register_pod("gateway-0", "http://a", None, "t")
-    with pytest.raises(Conflict):
+    with pytest.raises(NotFound):
         await store.set_pins([(1, "gateway-0", ""), (2, "nope", "")], [], "t")
     assert (await store.table()).pins == {}
     with pytest.raises(Invalid):
@@ -175,3 +175,36 @@ async def test_concurrent_writers_never_lose_an_update(database_url):
     assert len(table.pins) == 40 and table.version == start + 40
     for s in (*writers, setup):
         await s.close()
+
+
+async def test_heartbeats_missed_while_the_database_was_down_do_not_count(store):
+    """Freshness is judged over reachable time only, with a grace period after an outage."""
+    import time as _time
+
+    await store.register_pod("gateway-0", "http://a", None, "t")
+    health = store.db.health
+    health.started -= 100  # the process has been watching for a while
+    beat = (await store.pod("gateway-0")).last_heartbeat
+    await asyncio.sleep(0.3)
+    # the database was unreachable from just after the heartbeat until now
+    health.outages.append((beat + 0.01, _time.time()))
+    assert await store.mark_offline(0.2) == []  # inside the grace period after the outage
+    await asyncio.sleep(0.25)
+    gone = await store.mark_offline(0.2)  # 0.25 s of reachable time without a heartbeat
+    assert gone == ["gateway-0"]
+
+
+async def test_a_plans_own_versions_are_not_foreign_changes(store):
+    from config_store.store import MigrationStore
+
+    migrations = MigrationStore(store)
+    await store.register_pod("gateway-0", "http://a", None, "t")
+    await store.register_pod("gateway-1", "http://b", None, "t")
+    base = await store.version()
+    await migrations.save_plan("p1", {"moves": []}, base, "t")
+    started = await migrations.start(GID, "gateway-0", "gateway-1", "t", plan_id="p1")
+    await migrations.flip(started["id"], "t")
+    assert await migrations.foreign_changes("p1", base) == []
+    await store.set_pins([(GID + 1, "gateway-0", "")], [], "mallory")
+    foreign = await migrations.foreign_changes("p1", base)
+    assert [(f["action"], f["actor"]) for f in foreign] == [("pin.set", "mallory")]

@@ -18,7 +18,7 @@ from modbot_ring import (
 
 W = 0.05
 PODS = [Pod(f"gateway-{i}", weight=W) for i in range(3)]
-gids = st.integers(1, 2**64 - 1)
+gids = st.integers(1, 2**63 - 1)  # modbot_ring.MAX_GUILD_ID
 
 
 @st.composite
@@ -73,7 +73,7 @@ def test_json_round_trip_is_exact(table):
     back = RoutingTable.from_json(text)
     assert back == table
     assert back.to_json() == text
-    for gid in [1, 2**63, *table.pins]:
+    for gid in [1, 2**63 - 1, *table.pins]:
         try:
             assert back.route(gid) == table.route(gid)
         except NoRouteError:
@@ -262,3 +262,19 @@ def test_diff_in_guild_keyed_mode_reports_moved_key_space():
     sample = range(1, 2**64, 2**64 // 1000)
     changes = d.owner_changes(sample)
     assert changes and all(c.new == "gateway-3" for c in changes.values())
+
+
+@pytest.mark.parametrize("shard_count", [None, 1024])
+def test_many_pins_take_the_filtered_path_and_agree_with_route(shard_count):
+    """Past 65,536 pins, owner() checks a 1-byte-per-bucket filter before the dict:
+    it must still answer every pin, and agree with route() for everything else."""
+    rnd = random.Random(17)
+    names = [f"gateway-{i}" for i in range(3)]
+    pins = {rnd.getrandbits(63) or 1: names[i % 3] for i in range(70_000)}
+    table = RoutingTable([Pod(n) for n in names], shard_count=shard_count, pins=pins)
+    assert all(table.owner(g) == p for g, p in pins.items())
+    for _ in range(3000):
+        gid = rnd.getrandbits(63) or 1
+        assert table.owner(gid) == table.route(gid).pod
+    colliding = next(g for g in range(1, 10**8) if g % 8_388_593 == next(iter(pins)) % 8_388_593)
+    assert table.owner(colliding) == table.route(colliding).pod  # a bucket hit, not a pin

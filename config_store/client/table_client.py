@@ -36,6 +36,9 @@ log = logging.getLogger("modbot.table_client")
 
 Listener = Callable[[RoutingTable, RoutingTable | None], None]
 
+# seconds between config service checks while Redis serves the table (liveness only)
+CONFIG_CHECK_INTERVAL = 5.0
+
 
 class NoTableYet(LookupError):
     """No routing table has been loaded yet."""
@@ -73,6 +76,7 @@ class RoutingTableClient:
         self._http: aiohttp.ClientSession | None = None
         self._lock = asyncio.Lock()
         self._changed = asyncio.Condition()
+        self._config_checked_at: float | None = None
 
     # -- reading (never blocks) ----------------------------------------------------------
 
@@ -110,21 +114,26 @@ class RoutingTableClient:
 
     def register_metrics(self, registry: CollectorRegistry, namespace: str) -> None:
         Gauge(
-            f"{namespace}_table_version", "routing table version in memory", registry=registry
+            f"{namespace}_table_version",
+            "Version of the routing table held in memory (-1: none yet).",
+            registry=registry,
         ).set_function(lambda: float(self.version if self.version is not None else -1))
         Gauge(
             f"{namespace}_table_age_seconds",
-            "seconds since the table was confirmed current",
+            "Seconds since the routing table in memory was confirmed current (-1: never).",
             registry=registry,
         ).set_function(lambda: float(self.age if self.age is not None else -1))
         up = Gauge(
             f"{namespace}_table_source_up",
-            "1 when the table source answers",
+            "1 when a configured routing-table source answers, 0 when it does not.",
             ["source"],
             registry=registry,
         )
-        up.labels("redis").set_function(lambda: 1.0 if self.redis_ok else 0.0)
-        up.labels("config").set_function(lambda: 1.0 if self.config_ok else 0.0)
+        # a source deliberately not configured is not exported: a 0 would page someone
+        if self.redis_url:
+            up.labels("redis").set_function(lambda: 1.0 if self.redis_ok else 0.0)
+        if self.config_url:
+            up.labels("config").set_function(lambda: 1.0 if self.config_ok else 0.0)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -173,10 +182,17 @@ class RoutingTableClient:
         return self.table
 
     async def refresh(self) -> None:
-        """Check every source once now (what the poll does)."""
+        """Check every source once now (what the poll does). While Redis serves, the
+        config service is still asked now and then (a conditional GET, usually a 304),
+        so ``config_service`` in readiness bodies reports what is true, not "down"."""
         if self._redis is not None and await self._refresh_from_redis():
-            return
+            due = self._config_checked_at is None or (
+                time.monotonic() - self._config_checked_at >= CONFIG_CHECK_INTERVAL
+            )
+            if self._http is None or not due:
+                return
         if self._http is not None:
+            self._config_checked_at = time.monotonic()
             await self._refresh_from_config(wait=0)
 
     # -- sources -------------------------------------------------------------------------------

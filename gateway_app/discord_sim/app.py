@@ -23,13 +23,23 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from . import commands, oauth
 from .signing import Signer
-from .world import Guild, World
+from .world import Guild, IdentifyLimits, World, iso
 
 log = logging.getLogger("modbot.sim")
 
 HEARTBEAT_INTERVAL_MS = 41250
 REPLAY_BUFFER = 50_000
+# Seconds a session whose connection dropped stays resumable. Discord does not publish the
+# figure (minutes, in practice); past it, or past the replay buffer, RESUME gets op 9 d=false.
+RESUME_WINDOW = 120.0
+GATEWAY_VERSIONS = ("9", "10")  # the versions Discord still serves; others close with 4012
+# Every intent bit Discord defines (0-16, 20, 21, 24, 25); any other bit closes with 4013.
+KNOWN_INTENTS = sum(1 << b for b in (*range(17), 20, 21, 24, 25))
+PRIVILEGED = {"members": 1 << 1, "presences": 1 << 8, "message_content": 1 << 15}
+PRIVILEGED_INTENTS = sum(PRIVILEGED.values())
+MAX_GUILDS_PER_SHARD = 2500
 
 SIM_KEY: web.AppKey[DiscordSim] = web.AppKey("sim")
 
@@ -39,6 +49,18 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(
         body=json.dumps(data).encode(), status=status, headers={"Content-Type": "application/json"}
     )
+
+
+class GatewaySocket(web.WebSocketResponse):
+    """Remembers who closed the connection: after a close the server started, aiohttp
+    reports the client's echo (1000) as the close code, which must not end the session."""
+
+    server_closed = False
+
+    async def close(self, *, code: int = 1000, message: bytes = b"", drain: bool = True) -> bool:
+        if self.close_code is None:  # no close frame from the client yet: the server closes
+            self.server_closed = True
+        return await super().close(code=code, message=message, drain=drain)
 
 
 @dataclass
@@ -51,6 +73,7 @@ class Session:
     outbox: asyncio.Queue[str | None] = field(default_factory=asyncio.Queue)
     identified_at: float = field(default_factory=time.time)
     dispatched: int = 0
+    disconnected_at: float | None = None  # monotonic; None while a connection is attached
 
     def receives(self, guild_id: int) -> bool:
         shard_id, count = self.shard
@@ -83,8 +106,25 @@ class DiscordSim:
         application_id: int,
         signing_seed: str,
         heartbeat_ms: int = HEARTBEAT_INTERVAL_MS,
+        limits: IdentifyLimits | None = None,
+        privileged_intents: int = PRIVILEGED_INTENTS,
+        max_guilds_per_shard: int = MAX_GUILDS_PER_SHARD,
+        resume_window: float = RESUME_WINDOW,
     ) -> None:
+        self.resume_window = resume_window
+        self._swept = 0.0
         self.bot_token = bot_token
+        self.issued_token = bot_token
+        self.limits = limits or IdentifyLimits()
+        self.privileged_intents = privileged_intents
+        self.max_guilds_per_shard = max_guilds_per_shard
+        self.gateway_counts: dict[str, Any] = {
+            "identifies": 0,
+            "resumes": 0,
+            "lockouts": 0,
+            "refused": {"concurrency": 0, "exhausted": 0},
+            "closed": {},
+        }
         self.world = World(application_id)
         self.signer = Signer(signing_seed)
         self.heartbeat_ms = heartbeat_ms
@@ -92,6 +132,7 @@ class DiscordSim:
         self.calls: list[RecordedCall] = []
         self.identifies: list[dict[str, Any]] = []
         self.base_url = ""
+        self.oauth: oauth.OAuth | None = None  # set by build_sim_app
         self._writers: set[asyncio.Task[None]] = set()
         self._http: aiohttp.ClientSession | None = None
 
@@ -101,6 +142,7 @@ class DiscordSim:
         """Send an event to every session of the guild's shard; returns how many got it."""
         body = json.dumps(data)
         delivered = 0
+        self._expire_sessions()
         for session in self.sessions.values():
             if guild_id is None and session.shard[0] != 0:
                 continue  # DMs go to shard 0 only
@@ -123,7 +165,7 @@ class DiscordSim:
     # -- gateway -------------------------------------------------------------------------------
 
     async def gateway(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=0, compress=False)
+        ws = GatewaySocket(max_msg_size=0, compress=False)
         await ws.prepare(request)
         await ws.send_str(
             json.dumps(
@@ -141,48 +183,176 @@ class DiscordSim:
                 if op == 1:
                     await ws.send_str('{"op":11,"d":null,"s":null,"t":null}')
                 elif op == 2:
-                    if d.get("token", "").removeprefix("Bot ") != self.bot_token:
-                        await ws.close(code=4004, message=b"Authentication failed.")
+                    if session is not None:
+                        await self._refuse(ws, 4005, "Already authenticated.")
                         break
-                    shard_id, count = d.get("shard") or [0, 1]
-                    if not (
-                        isinstance(shard_id, int)
-                        and isinstance(count, int)
-                        and 0 <= shard_id < count
-                    ):
-                        await ws.close(code=4010, message=b"Invalid shard.")
+                    session = await self._identify(ws, request, d)
+                    if ws.closed:
                         break
-                    session = Session(secrets.token_hex(16), (shard_id, count))
-                    self.identifies.append(
-                        {"session": session.id, "shard": [shard_id, count], "at": time.time()}
-                    )
-                    self.sessions[session.id] = session
-                    writer = self._attach(session, ws)
-                    self._send_ready(session)
+                    if session is not None:
+                        writer = self._attach(session, ws)
+                        self._send_ready(session)
                 elif op == 6:
-                    resumed = self.sessions.get(d.get("session_id", ""))
-                    if resumed is None or d.get("token", "").removeprefix("Bot ") != self.bot_token:
-                        await ws.send_str('{"op":9,"d":false,"s":null,"t":null}')
-                        continue
-                    session = resumed
-                    writer = self._attach(session, ws)
-                    last = int(d.get("seq") or 0)
-                    for seq, frame in list(session.buffer):
-                        if seq > last:
-                            session.outbox.put_nowait(frame)
-                    session.seq += 1
-                    session.outbox.put_nowait(
-                        json.dumps({"op": 0, "t": "RESUMED", "s": session.seq, "d": {}})
-                    )
+                    resumed = await self._resume(ws, d)
+                    if resumed is not None:
+                        session = resumed
+                        writer = self._attach(session, ws)
+                        self._replay(session, int(d["seq"] or 0))
                 # op 3 (presence), 4 (voice), 8 (member chunks): accepted and ignored
         finally:
             if session is not None and session.ws is ws:
                 session.ws = None
                 session.outbox.put_nowait(None)
+                self._disconnected(session, ws)
             if writer is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await asyncio.wait_for(writer, 1.0)
         return ws
+
+    # -- RESUME: the resume window and the replay buffer ------------------------------------------
+
+    async def _resume(self, ws: web.WebSocketResponse, d: Any) -> Session | None:
+        """The session a RESUME names, if Discord would still resume it; else op 9 d=false.
+
+        Resumable: the session exists, was not closed by its client with 1000/1001, lost its
+        connection at most ``resume_window`` seconds ago (a connected one may be taken over),
+        and its replay buffer still holds every event after ``seq``.
+        """
+        self._expire_sessions()
+        ok = isinstance(d, dict) and isinstance(d.get("session_id"), str)
+        seq = d.get("seq") if ok else None
+        token = d.get("token") if ok else None
+        session = self.sessions.get(d["session_id"]) if ok else None
+        if (
+            session is None
+            or not isinstance(token, str)
+            or token.removeprefix("Bot ") != self.bot_token
+            or not (seq is None or (isinstance(seq, int) and not isinstance(seq, bool)))
+            or (seq or 0) > session.seq
+            or (session.buffer and (seq or 0) < session.buffer[0][0] - 1)
+        ):
+            self.gateway_counts["invalid_resumes"] = (
+                self.gateway_counts.get("invalid_resumes", 0) + 1
+            )
+            await ws.send_str('{"op":9,"d":false,"s":null,"t":null}')
+            return None
+        self.gateway_counts["resumes"] += 1
+        session.disconnected_at = None
+        return session
+
+    def _replay(self, session: Session, last: int) -> None:
+        """Send what the session missed after ``last``, then RESUMED."""
+        for seq, frame in list(session.buffer):
+            if seq > last:
+                session.outbox.put_nowait(frame)
+        session.seq += 1
+        session.outbox.put_nowait(json.dumps({"op": 0, "t": "RESUMED", "s": session.seq, "d": {}}))
+
+    def _disconnected(self, session: Session, ws: GatewaySocket) -> None:
+        """A client closing with 1000/1001 ends its session (Discord: not resumable);
+        any other loss of the connection leaves it resumable for the resume window."""
+        if not ws.server_closed and ws.close_code in (1000, 1001):
+            self.sessions.pop(session.id, None)
+        else:
+            session.disconnected_at = time.monotonic()
+
+    def _expire_sessions(self) -> None:
+        """Forget sessions disconnected longer than the resume window (they stop buffering)."""
+        now = time.monotonic()
+        if now - self._swept < 1.0:
+            return
+        self._swept = now
+        for sid, session in list(self.sessions.items()):
+            gone = session.disconnected_at
+            if session.ws is None and gone is not None and now - gone > self.resume_window:
+                del self.sessions[sid]
+
+    # -- IDENTIFY: validation, close codes and the session start limit ----------------------------
+
+    async def _refuse(self, ws: web.WebSocketResponse, code: int, reason: str) -> None:
+        self.gateway_counts["closed"][str(code)] = (
+            self.gateway_counts["closed"].get(str(code), 0) + 1
+        )
+        await ws.close(code=code, message=reason.encode())
+
+    async def _identify(
+        self, ws: web.WebSocketResponse, request: web.Request, d: Any
+    ) -> Session | None:
+        """Validate an IDENTIFY as Discord does; a new session, or None when refused.
+
+        Refusals close the connection with Discord's code (4004 token, 4012 version, 4013/4014
+        intents, 4010 shard, 4011 too many guilds per shard), except an IDENTIFY over
+        ``max_concurrency`` in its bucket, which gets op 9 INVALID_SESSION (the client waits and
+        identifies again). An IDENTIFY with no session starts left resets the bot's token and
+        terminates every session, as Discord documents ("lockout").
+        """
+        if not isinstance(d, dict):
+            await self._refuse(ws, 4002, "Decode error.")
+            return None
+        token = d.get("token")
+        if not isinstance(token, str) or token.removeprefix("Bot ") != self.bot_token:
+            await self._refuse(ws, 4004, "Authentication failed.")
+            return None
+        version = request.query.get("v")
+        if version is not None and version not in GATEWAY_VERSIONS:
+            await self._refuse(ws, 4012, "Invalid API version.")
+            return None
+        intents = d.get("intents")
+        if not isinstance(intents, int) or isinstance(intents, bool) or intents < 0:
+            await self._refuse(ws, 4013, "Invalid intent(s).")
+            return None
+        if intents & ~KNOWN_INTENTS:
+            await self._refuse(ws, 4013, "Invalid intent(s).")
+            return None
+        if intents & PRIVILEGED_INTENTS & ~self.privileged_intents:
+            await self._refuse(ws, 4014, "Disallowed intent(s).")
+            return None
+        shard = d.get("shard", [0, 1])
+        if not (
+            isinstance(shard, list)
+            and len(shard) == 2
+            and all(isinstance(x, int) and not isinstance(x, bool) for x in shard)
+            and 0 <= shard[0] < shard[1]
+        ):
+            await self._refuse(ws, 4010, "Invalid shard.")
+            return None
+        shard_id, count = shard
+        on_shard = sum(1 for g in self.world.guilds if (g >> 22) % count == shard_id)
+        if on_shard > self.max_guilds_per_shard:
+            await self._refuse(ws, 4011, "Sharding required.")
+            return None
+        refused = self.limits.check(shard_id)
+        if refused == "concurrency":
+            self.gateway_counts["refused"]["concurrency"] += 1
+            log.warning("IDENTIFY of shard %s over max_concurrency: INVALID_SESSION", shard_id)
+            await ws.send_str('{"op":9,"d":false,"s":null,"t":null}')
+            return None
+        if refused == "exhausted":
+            await self._lock_out(ws)
+            return None
+        self.limits.take(shard_id)
+        self.gateway_counts["identifies"] += 1
+        session = Session(secrets.token_hex(16), (shard_id, count))
+        self.identifies.append(
+            {"session": session.id, "shard": [shard_id, count], "at": time.time()}
+        )
+        self.sessions[session.id] = session
+        return session
+
+    async def _lock_out(self, ws: web.WebSocketResponse) -> None:
+        """Discord: hitting the session start limit terminates all the bot's sessions and
+        resets its token. The old token then fails REST (401) and IDENTIFY (4004) until the
+        operator installs the new one (here: ``POST /control/gateway/limits
+        {"restore_token": true}``)."""
+        self.gateway_counts["refused"]["exhausted"] += 1
+        self.gateway_counts["lockouts"] += 1
+        log.error("IDENTIFY with no session starts left: token reset, all sessions terminated")
+        self.bot_token = f"reset-{secrets.token_hex(8)}"
+        await self._refuse(ws, 4004, "Authentication failed.")
+        for session in list(self.sessions.values()):
+            if session.ws is not None and not session.ws.closed:
+                await self._refuse(session.ws, 4004, "Authentication failed.")
+        self.sessions.clear()
 
     def _attach(self, session: Session, ws: web.WebSocketResponse) -> asyncio.Task[None]:
         if session.ws is not None and session.ws is not ws:
@@ -256,6 +426,8 @@ class DiscordSim:
             and "/webhooks/" not in request.path
             and "/interactions/" not in request.path
         ) and request.headers.get("Authorization", "") != f"Bot {self.bot_token}":
+            if oauth.exempt(request):  # user (Bearer) tokens and the token endpoint: oauth.py
+                return await handler(request)
             self.record(request, None)
             return _json({"message": "401: Unauthorized", "code": 0}, 401)
         return await handler(request)
@@ -265,7 +437,14 @@ class DiscordSim:
         if not raw:
             return None
         if request.content_type == "application/json":
-            return json.loads(raw)
+            try:
+                return json.loads(raw)
+            except ValueError:  # Discord's answer to a body that is not JSON
+                refusal = web.HTTPBadRequest(
+                    text='{"message": "The request body contains invalid JSON.", "code": 50109}'
+                )
+                refusal.headers["Content-Type"] = "application/json"  # no charset: discord.py
+                raise refusal from None
         if request.content_type.startswith("multipart/"):
             return {"multipart": True}
         return raw.decode(errors="replace")
@@ -273,7 +452,13 @@ class DiscordSim:
     async def users_me(self, request: web.Request) -> web.Response:
         self.record(request, None)
         return _json(
-            {**self.world.bot.payload(), "verified": True, "mfa_enabled": False, "flags": 0}
+            {
+                **self.world.bot.payload(),
+                "verified": True,
+                "mfa_enabled": False,
+                "locale": "en-US",
+                "email": None,
+            }
         )
 
     async def application_me(self, request: web.Request) -> web.Response:
@@ -287,9 +472,20 @@ class DiscordSim:
                 "bot_public": True,
                 "bot_require_code_grant": False,
                 "owner": self.world.bot.payload(),
+                "bot": self.world.bot.payload(),
                 "verify_key": self.signer.public_key_hex,
+                "type": None,
                 "flags": 0,
+                "flags_new": "0",
+                "redirect_uris": [],
+                "interactions_endpoint_url": None,
+                "role_connections_verification_url": None,
+                "approximate_guild_count": len(self.world.guilds),
+                "approximate_user_install_count": 0,
+                "approximate_user_authorization_count": 0,
+                "explicit_content_filter": 0,
                 "team": None,
+                "eligible_oauth2_scopes": [],
             }
         )
 
@@ -298,19 +494,29 @@ class DiscordSim:
         return _json(
             {
                 "url": f"{self.base_url.replace('http', 'ws', 1)}/gw",
-                "shards": 1,
-                "session_start_limit": {
-                    "total": 1000,
-                    "remaining": 1000,
-                    "reset_after": 0,
-                    "max_concurrency": 1,
-                },
+                "shards": max(1, -(-len(self.world.guilds) // 1000)),
+                "session_start_limit": self.limits.payload(),
             }
         )
 
     async def create_message(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         self.record(request, body)
+        if not request.match_info["channel_id"].isdigit():
+            return _json(
+                {
+                    "message": "Invalid Form Body",
+                    "code": 50035,
+                    "errors": {
+                        "channel_id": {
+                            "_errors": [
+                                {"code": "NUMBER_TYPE_COERCE", "message": "Value is not snowflake."}
+                            ]
+                        }
+                    },
+                },
+                400,
+            )
         channel_id = int(request.match_info["channel_id"])
         guild = next((g for g in self.world.guilds.values() if channel_id in g.channels), None)
         if guild is None:
@@ -320,72 +526,85 @@ class DiscordSim:
         if isinstance(body, dict) and body.get("embeds"):
             message["embeds"] = body["embeds"]
         self.dispatch(guild.id, "MESSAGE_CREATE", message)
-        return _json(message)
+        # guild_id and member are gateway-only extras of MESSAGE_CREATE, not in REST answers
+        return _json({k: v for k, v in message.items() if k not in ("guild_id", "member")})
 
     async def interaction_callback(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         self.record(request, body)
         kind = body.get("type") if isinstance(body, dict) else None
         data = (body or {}).get("data") or {}
+        if request.query.get("with_response", "").lower() not in ("true", "1"):
+            return web.Response(status=204)  # Discord: no body unless with_response is set
         message_id = str(self.world.ids.next())
-        return _json(
-            {
-                "interaction": {
-                    "id": request.match_info["interaction_id"],
-                    "type": 2,
-                    "response_message_id": message_id,
-                    "response_message_loading": kind == 5,
-                    "response_message_ephemeral": bool(data.get("flags", 0) & 64),
-                },
-                "resource": {"type": kind or 4},
+        answer: dict[str, Any] = {
+            "interaction": {
+                "id": request.match_info["interaction_id"],
+                "type": 2,
+                "response_message_id": message_id,
+                "response_message_loading": kind == 5,
+                "response_message_ephemeral": bool(data.get("flags", 0) & 64),
             }
-        )
+        }
+        if kind in (4, 7):  # the resource (a message) exists only for these callback types
+            message = self._webhook_payload(request.match_info["token"], data, original=True)
+            answer["resource"] = {"type": kind, "message": {**message, "id": message_id}}
+        return _json(answer)
 
     async def webhook_message(self, request: web.Request) -> web.Response:
         body = await self._body(request)
         self.record(request, body)
-        content = body.get("content", "") if isinstance(body, dict) else ""
-        return _json(
-            {
-                "id": str(self.world.ids.next()),
-                "channel_id": "0",
-                "author": self.world.bot.payload(),
-                "content": content,
-                "timestamp": "2026-01-01T00:00:00+00:00",
-                "edited_timestamp": None,
-                "tts": False,
-                "mention_everyone": False,
-                "mentions": [],
-                "mention_roles": [],
-                "attachments": [],
-                "embeds": (body or {}).get("embeds", []) if isinstance(body, dict) else [],
-                "pinned": False,
-                "type": 0,
-                "flags": 0,
-                "webhook_id": str(self.world.application_id),
-            }
+        if request.method == "DELETE":
+            return web.Response(status=204)
+        if request.method == "POST" and request.query.get("wait", "").lower() not in ("true", "1"):
+            return web.Response(status=204)  # Discord answers a message only with ?wait=true
+        message_id = request.match_info.get("message_id")
+        original = message_id == "@original"
+        message = self._webhook_payload(
+            request.match_info["token"], body if isinstance(body, dict) else {}, original=original
         )
+        if message_id is not None and message_id.isdigit():
+            message["id"] = message_id
+        if request.method == "PATCH":
+            message["edited_timestamp"] = message["timestamp"]
+        return _json(message)
 
-    async def commands(self, request: web.Request) -> web.Response:
-        body = await self._body(request)
-        self.record(request, body)
-        if request.method == "GET":
-            return _json([])
-        items = body if isinstance(body, list) else []
-        return _json(
-            [
-                {
-                    **c,
-                    "id": str(self.world.ids.next()),
-                    "application_id": str(self.world.application_id),
-                    "version": "1",
-                }
-                for c in items
-            ]
-        )
+    def _webhook_payload(
+        self, token: str, data: dict[str, Any], *, original: bool
+    ) -> dict[str, Any]:
+        """A message sent through an interaction's webhook, as Discord's REST answers it:
+        the original response has the interaction's type (20 slash, 23 context menu)."""
+        channel_id, kind = self.world.interaction_channels.get(token, (0, 0))
+        return {
+            "id": str(self.world.ids.next()),
+            "type": kind if original else 0,
+            "channel_id": str(channel_id),
+            "author": self.world.bot.payload(),
+            "content": str(data.get("content") or ""),
+            "timestamp": iso(),
+            "edited_timestamp": None,
+            "tts": False,
+            "mention_everyone": False,
+            "mentions": [],
+            "mention_roles": [],
+            "attachments": [],
+            "embeds": data.get("embeds") or [],
+            "components": [],
+            "pinned": False,
+            "flags": int(data.get("flags") or 0) & 64,
+            "webhook_id": str(self.world.application_id),
+            "application_id": str(self.world.application_id),
+        }
 
     async def unknown(self, request: web.Request) -> web.Response:
+        """No route: 404; a path Discord serves with other methods only: 405 (Discord's body)."""
         self.record(request, await self._body(request))
+        for resource in request.app.router.resources():
+            if resource is request.match_info.route.resource:
+                continue
+            match, allowed = await resource.resolve(request)
+            if match is None and allowed:
+                return _json({"message": "405: Method Not Allowed", "code": 0}, 405)
         return _json({"message": "404: Not Found", "code": 0}, 404)
 
     # -- control API -------------------------------------------------------------------------------
@@ -571,8 +790,64 @@ class DiscordSim:
     async def control_drop_sessions(self, request: web.Request) -> web.Response:
         """Close every gateway connection (as Discord does now and then); sessions stay resumable."""
         dropped = 0
-        for session in self.sessions.values():
+        for session in list(self.sessions.values()):
             if session.ws is not None:
+                await session.ws.close(code=4000, message=b"simulated disconnect")
+                dropped += 1
+        return _json({"dropped": dropped})
+
+    async def control_gateway(self, request: web.Request) -> web.Response:
+        """The bot's gateway counters (IDENTIFYs, RESUMEs, refusals, lockouts) and budget."""
+        return _json(
+            {
+                **self.gateway_counts,
+                "session_start_limit": self.limits.payload(),
+                "connected": sum(1 for s in self.sessions.values() if s.ws is not None),
+            }
+        )
+
+    async def control_gateway_limits(self, request: web.Request) -> web.Response:
+        """Set the session start budget: ``{remaining, reset_after (s), max_concurrency,
+        total, restore_token}``; any subset."""
+        try:
+            body = await request.json()
+        except ValueError:
+            return _json({"error": "body must be a JSON object"}, 400)
+        if not isinstance(body, dict):
+            return _json({"error": "body must be a JSON object"}, 400)
+        unknown = set(body) - {
+            "remaining",
+            "reset_after",
+            "max_concurrency",
+            "total",
+            "restore_token",
+        }
+        if unknown:
+            return _json({"error": f"unknown field(s): {', '.join(sorted(unknown))}"}, 400)
+        try:
+            ints = {
+                k: int(body[k])
+                for k in ("remaining", "max_concurrency", "total")
+                if body.get(k) is not None
+            }
+            reset_after = None if body.get("reset_after") is None else float(body["reset_after"])
+            self.limits.set(**ints, reset_after=reset_after)
+        except (TypeError, ValueError) as exc:
+            return _json({"error": str(exc)}, 400)
+        if body.get("restore_token"):
+            self.bot_token = self.issued_token
+        return _json({"session_start_limit": self.limits.payload()})
+
+    async def control_drop_shard(self, request: web.Request) -> web.Response:
+        """Close the connections of one shard's sessions (code 4000: resumable), as Discord
+        does now and then; the other shards are not touched."""
+        try:
+            shard_id = int(request.match_info["shard_id"])
+        except ValueError:
+            return _json({"error": "shard must be an integer"}, 400)
+        dropped = 0
+        for session in list(self.sessions.values()):
+            if session.shard[0] == shard_id and session.ws is not None:
                 await session.ws.close(code=4000, message=b"simulated disconnect")
                 dropped += 1
         return _json({"dropped": dropped})
@@ -593,6 +868,7 @@ def build_sim_app(sim: DiscordSim) -> web.Application:
     app = web.Application(middlewares=[sim.rest_auth], client_max_size=8 << 20)
     app[SIM_KEY] = sim
     r = app.router
+    sim.oauth = oauth.install(app, sim)  # OAuth2 + user API: first, it shares /users/@me
     r.add_get("/gw", sim.gateway)
     r.add_get("/gw/", sim.gateway)
     api = "/api/v10"
@@ -603,12 +879,14 @@ def build_sim_app(sim: DiscordSim) -> web.Application:
     r.add_post(
         f"{api}/interactions/{{interaction_id}}/{{token}}/callback", sim.interaction_callback
     )
-    r.add_route(
-        "*", f"{api}/webhooks/{{app_id}}/{{token}}/messages/{{message_id}}", sim.webhook_message
-    )
+    for method in ("GET", "PATCH", "DELETE"):  # Discord's methods; others get 405
+        r.add_route(
+            method,
+            f"{api}/webhooks/{{app_id}}/{{token}}/messages/{{message_id}}",
+            sim.webhook_message,
+        )
     r.add_post(f"{api}/webhooks/{{app_id}}/{{token}}", sim.webhook_message)
-    r.add_route("*", f"{api}/applications/{{app_id}}/commands", sim.commands)
-    r.add_route("*", f"{api}/applications/{{app_id}}/guilds/{{guild_id}}/commands", sim.commands)
+    commands.install(app, sim)  # application commands (commands.py), before the catch-all
     r.add_route("*", f"{api}/{{tail:.*}}", sim.unknown)
     r.add_post("/control/guilds", sim.control_create_guilds)
     r.add_get("/control/guilds", sim.control_guilds)
@@ -619,6 +897,9 @@ def build_sim_app(sim: DiscordSim) -> web.Application:
     r.add_get("/control/sessions", sim.control_sessions)
     r.add_get("/control/info", sim.control_info)
     r.add_post("/control/sessions/drop", sim.control_drop_sessions)
+    r.add_get("/control/gateway", sim.control_gateway)
+    r.add_post("/control/gateway/limits", sim.control_gateway_limits)
+    r.add_post("/control/shards/{shard_id}/drop", sim.control_drop_shard)
 
     async def cleanup(_: web.Application) -> None:
         await sim.close()

@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from .app import DiscordSim, build_sim_app
+from . import commands
+from .app import PRIVILEGED, DiscordSim, build_sim_app
+from .world import IdentifyLimits
 
 log = logging.getLogger("modbot.sim")
 
@@ -40,6 +42,12 @@ async def start_sim(
     application_id: int = 900000000000000001,
     signing_seed: str | None = None,
     seed_guilds: int = 0,
+    max_concurrency: int = 1,
+    session_start_total: int = 1000,
+    session_start_reset: float = 86400.0,
+    privileged_intents: str = "members,message_content,presences",
+    resume_window: float | None = None,
+    require_commands: bool = True,
 ) -> RunningSim:
     from .settings import TEST_SIGNING_SEED
 
@@ -47,16 +55,38 @@ async def start_sim(
         bot_token=bot_token,
         application_id=application_id,
         signing_seed=signing_seed or TEST_SIGNING_SEED,
+        limits=IdentifyLimits(
+            total=session_start_total,
+            max_concurrency=max_concurrency,
+            reset_seconds=session_start_reset,
+        ),
+        privileged_intents=privileged_mask(privileged_intents),
     )
+    if resume_window is not None:
+        sim.resume_window = resume_window
     for i in range(seed_guilds):
         sim.world.create_guild(f"guild-{i + 1}")
-    runner = web.AppRunner(build_sim_app(sim), access_log=None)
+    app = build_sim_app(sim)
+    commands.registry(app).enforce = require_commands  # Discord's rule unless told otherwise
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
     bound = runner.addresses[0][1] if port == 0 else port
     sim.base_url = f"http://{host}:{bound}"
     return RunningSim(sim, runner, sim.base_url)
+
+
+def privileged_mask(names: str) -> int:
+    """``"members,message_content"`` -> the intent bits; unknown names are a startup error."""
+    mask = 0
+    for name in filter(None, (n.strip() for n in names.split(","))):
+        if name not in PRIVILEGED:
+            raise ValueError(
+                f"unknown privileged intent {name!r} (known: {', '.join(sorted(PRIVILEGED))})"
+            )
+        mask |= PRIVILEGED[name]
+    return mask
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -67,6 +97,12 @@ async def serve(args: argparse.Namespace) -> None:
         application_id=args.application_id,
         signing_seed=args.signing_seed,
         seed_guilds=args.seed_guilds,
+        max_concurrency=args.max_concurrency,
+        session_start_total=args.session_start_total,
+        session_start_reset=args.session_start_reset,
+        privileged_intents=args.privileged_intents,
+        resume_window=args.resume_window,
+        require_commands=args.require_commands,
     )
     log.info(
         "discord simulator on %s (REST %s, gateway %s, public key %s)",
@@ -82,8 +118,21 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
     from config_store.client.observability import setup_logging
     from config_store.runtime import run_forever
+
+    try:  # bad limits are an operator error: one line, non-zero exit, nothing started
+        privileged_mask(args.privileged_intents)
+        IdentifyLimits(
+            total=args.session_start_total,
+            max_concurrency=args.max_concurrency,
+            reset_seconds=args.session_start_reset,
+        )
+    except ValueError as exc:
+        print(f"modbot-ring serve discord-sim: {exc}", file=sys.stderr)
+        return 2
 
     setup_logging(args.log_level, "discord-sim")
     return run_forever(serve(args))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from config_store.client.flags import Flag
+from config_store.client.flags import Flag, env_bool
 
 # A fixed, public test key: the simulator is never Discord, and tests must be able to
 # verify what it signs. Never use it for a real application.
@@ -20,5 +20,46 @@ SERVE_FLAGS = [
     Flag("bot-token", "MODBOT_SIM_BOT_TOKEN", "sim-token", "bot token the simulator accepts"),
     Flag("application-id", "MODBOT_SIM_APPLICATION_ID", 900000000000000001, "application id", int),
     Flag("seed-guilds", "MODBOT_SIM_SEED_GUILDS", 0, "guilds to create at start", int),
+    Flag(
+        "resume-window",
+        "MODBOT_SIM_RESUME_WINDOW",
+        120.0,
+        "seconds a dropped gateway session stays resumable (then RESUME gets INVALID_SESSION)",
+        float,
+    ),
+    Flag(
+        "max-concurrency",
+        "MODBOT_SIM_MAX_CONCURRENCY",
+        1,
+        "IDENTIFY buckets (shard_id mod n), one IDENTIFY per bucket per 5 s; more is op 9",
+        int,
+    ),
+    Flag(
+        "session-start-total",
+        "MODBOT_SIM_SESSION_START_TOTAL",
+        1000,
+        "IDENTIFYs allowed per window; one more resets the token (Discord's lockout)",
+        int,
+    ),
+    Flag(
+        "session-start-reset",
+        "MODBOT_SIM_SESSION_START_RESET",
+        86400.0,
+        "seconds from a window's first IDENTIFY until the session start budget refills",
+        float,
+    ),
+    Flag(
+        "privileged-intents",
+        "MODBOT_SIM_PRIVILEGED_INTENTS",
+        "members,message_content,presences",
+        "privileged intents the app may use (comma-separated; others close with 4014)",
+    ),
+    Flag(
+        "require-commands",
+        "MODBOT_SIM_REQUIRE_COMMANDS",
+        True,
+        "deliver interactions only for registered commands, as Discord does (false: any)",
+        env_bool,
+    ),
     Flag("log-level", "MODBOT_LOG_LEVEL", "info", "log level"),
 ]

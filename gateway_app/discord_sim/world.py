@@ -53,6 +53,8 @@ class User:
             "avatar": None,
             "bot": self.bot,
             "public_flags": 0,
+            "flags": 0,
+            "primary_guild": None,
         }
 
 
@@ -181,6 +183,9 @@ class World:
         self.application_id = application_id
         self.bot = User(application_id, "mod-bot", bot=True)
         self.guilds: dict[int, Guild] = {}
+        # interaction token -> (channel id, message type of its response), newest last, so
+        # webhook answers name the interaction's channel; bounded like Discord's 15 min tokens
+        self.interaction_channels: dict[str, tuple[int, int]] = {}
 
     def create_guild(
         self,
@@ -289,6 +294,9 @@ class World:
         member = guild.member_payload(user_id)
         member["permissions"] = str(guild.permissions_of(user_id))
         interaction_id = self.ids.next()
+        if len(self.interaction_channels) >= 10_000:
+            del self.interaction_channels[next(iter(self.interaction_channels))]
+        self.interaction_channels[f"itok-{interaction_id}"] = (channel_id, 20 if kind == 1 else 23)
         return {
             "id": str(interaction_id),
             "application_id": str(self.application_id),
@@ -309,3 +317,113 @@ class World:
             "context": 0,
             "attachment_size_limit": 8388608,
         }
+
+
+IDENTIFY_WINDOW = 5.0  # seconds: Discord's max_concurrency is "IDENTIFYs per 5 seconds"
+
+
+class IdentifyLimits:
+    """The bot's IDENTIFY budget, enforced as Discord documents it (GET /gateway/bot).
+
+    * ``total`` session starts per ``reset_seconds`` window (1,000 a day for most bots);
+      RESUMEs do not count. The window starts with its first IDENTIFY.
+    * ``max_concurrency`` buckets (``shard_id % max_concurrency``), each allowing one
+      IDENTIFY per 5 seconds.
+
+    ``check`` answers whether an IDENTIFY may start now; ``take`` spends one.
+    """
+
+    def __init__(
+        self,
+        *,
+        total: int = 1000,
+        max_concurrency: int = 1,
+        reset_seconds: float = 86400.0,
+        window: float = IDENTIFY_WINDOW,
+        clock: Any = time.monotonic,
+    ) -> None:
+        if total < 0 or max_concurrency < 1 or reset_seconds <= 0 or window < 0:
+            raise ValueError(
+                "session start limits: total >= 0, max_concurrency >= 1, reset > 0, window >= 0"
+            )
+        self.total = total
+        self.max_concurrency = max_concurrency
+        self.reset_seconds = reset_seconds
+        self.window = window
+        self.clock = clock
+        self.used = 0
+        self.reset_at: float | None = None  # end of the current window, once it started
+        self.last_in_bucket: dict[int, float] = {}
+
+    def _roll(self) -> None:
+        if self.reset_at is not None and self.clock() >= self.reset_at:
+            self.used, self.reset_at = 0, None
+
+    @property
+    def remaining(self) -> int:
+        self._roll()
+        return max(0, self.total - self.used)
+
+    def reset_after_ms(self) -> int:
+        self._roll()
+        if self.reset_at is None:
+            return 0
+        return max(0, int((self.reset_at - self.clock()) * 1000))
+
+    def payload(self) -> dict[str, int]:
+        return {
+            "total": self.total,
+            "remaining": self.remaining,
+            "reset_after": self.reset_after_ms(),
+            "max_concurrency": self.max_concurrency,
+        }
+
+    def bucket(self, shard_id: int) -> int:
+        return shard_id % self.max_concurrency
+
+    def check(self, shard_id: int) -> str | None:
+        """None if an IDENTIFY of ``shard_id`` may start now, else why not
+        (``"exhausted"`` or ``"concurrency"``)."""
+        if self.remaining <= 0:
+            return "exhausted"
+        last = self.last_in_bucket.get(self.bucket(shard_id))
+        if last is not None and self.clock() - last < self.window:
+            return "concurrency"
+        return None
+
+    def take(self, shard_id: int) -> None:
+        self._roll()
+        now = self.clock()
+        if self.reset_at is None:
+            self.reset_at = now + self.reset_seconds
+        self.used += 1
+        self.last_in_bucket[self.bucket(shard_id)] = now
+
+    def set(
+        self,
+        *,
+        remaining: int | None = None,
+        reset_after: float | None = None,
+        max_concurrency: int | None = None,
+        total: int | None = None,
+    ) -> None:
+        """Operator/test control: jump to a given budget (``reset_after`` in seconds)."""
+        if total is not None:
+            if total < 0:
+                raise ValueError("total must be >= 0")
+            self.total = total
+        if max_concurrency is not None:
+            if max_concurrency < 1:
+                raise ValueError("max_concurrency must be >= 1")
+            self.max_concurrency = max_concurrency
+            self.last_in_bucket.clear()
+        if remaining is not None:
+            if not 0 <= remaining <= self.total:
+                raise ValueError(f"remaining must be 0..{self.total}")
+            self.used = self.total - remaining
+            if self.reset_at is None:
+                self.reset_at = self.clock() + self.reset_seconds
+        if reset_after is not None:
+            if reset_after < 0:
+                raise ValueError("reset_after must be >= 0")
+            self.reset_at = self.clock() + reset_after

@@ -1,0 +1,177 @@
+"""Safe drain: `modbot-ring drain POD --apply` holds the pod's placement, moves its data by
+plan, and no dashboard ever shows a guild's data missing; `activate` undoes a drain;
+`verify --repair` carries stranded rows to their owner through the migration path."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import aiohttp
+import pytest
+from aiohttp import web
+from conftest import ADMIN, PG_URL, eventually, free_port, running_config
+from cpstack import stack_with_config_process
+from test_plan_resume import cli, total
+
+from modbot_ring import RoutingTable
+
+MESSAGES = 10
+COUNT = re.compile(r"(\d+) messages from")
+
+
+@pytest.mark.slow
+async def test_drain_plan_apply_verify_with_dashboards_never_missing_data(tmp_path, pg_schema):
+    async with stack_with_config_process(tmp_path, pg_schema, pods=3, guilds=9) as (stack, config):
+        guilds = [str(g) for g in stack.world.guilds]
+        async with stack.http.post(
+            f"{stack.sim.url}/control/messages", json={"guild_ids": guilds, "count": MESSAGES}
+        ) as r:
+            assert r.status == 200
+        await eventually(lambda: total(stack, MESSAGES * len(guilds)), timeout=20)
+        table = stack.proxy.tables.table
+        victim = max(stack.pods, key=lambda p: sum(table.owner(int(g)) == p for g in guilds))
+        held = [g for g in guilds if table.owner(int(g)) == victim]
+        assert held, "the victim pod must hold data for the test to mean anything"
+
+        seen: list[tuple[str, int, str]] = []
+        stop = asyncio.Event()
+
+        async def dashboards() -> None:  # what a user sees through the proxy, all along
+            while not stop.is_set():
+                for gid in guilds:
+                    async with stack.http.get(f"{stack.proxy.url}/guild/{gid}/dashboard") as r:
+                        html = await r.text()
+                    m = COUNT.search(html)
+                    seen.append((gid, r.status, m.group(1) if m else html[:120]))
+                await asyncio.sleep(0.05)
+
+        poller = asyncio.create_task(dashboards())
+        await asyncio.sleep(0.5)
+        code, out, err = await cli(config.url, "drain", victim, "--apply", "--yes")
+        assert code == 0 and "is draining" in out and "done" in out, (code, out, err)
+        await stack.converge()
+        await asyncio.sleep(0.5)
+        stop.set()
+        await poller
+
+        shown = [s for s in seen if s[1] == 200]
+        missing = [s for s in shown if s[2] != str(MESSAGES)]
+        assert not missing, missing[:5]  # never "0 messages", never another pod's empty page
+        assert len({s[0] for s in shown}) == len(guilds) and len(shown) > 3 * len(guilds), seen[:3]
+        assert all(s[1] in (200, 503) for s in seen), {s[1] for s in seen}
+
+        table = stack.proxy.tables.table
+        assert table.pods[victim].state.value == "draining"
+        assert table.shards_for(victim) == () and victim not in set(table.pins.values())
+        assert not stack.pods[victim].message_counts()  # emptied
+        code, out, _ = await cli(config.url, "verify")
+        assert code == 0 and "clean" in out
+        await eventually(lambda: total(stack, MESSAGES * len(guilds)), timeout=20)
+
+        # undo the drain: the pod is active again; nothing moves by itself
+        code, out, err = await cli(config.url, "activate", victim)
+        assert code == 0 and "is active" in out, err
+        await stack.converge()
+        assert stack.proxy.tables.table.pods[victim].state.value == "active"
+        code, out, _ = await cli(config.url, "verify")
+        assert code == 0
+
+        # confused operator: unknown pod, and --apply without consent on a pipe
+        code, _, err = await cli(config.url, "drain", "nope")
+        assert code != 0 and err.count("\n") == 1 and "nope" in err
+        code, _, err = await cli(config.url, "drain", victim, "--apply")
+        assert code == 2 and "--yes" in err
+        assert stack.proxy.tables.table.pods[victim].state.value == "active"  # nothing changed
+
+
+@pytest.mark.slow
+async def test_verify_repair_moves_stranded_rows_to_their_owner(tmp_path, pg_schema):
+    async with stack_with_config_process(tmp_path, pg_schema, pods=2, guilds=4) as (stack, config):
+        guilds = [str(g) for g in stack.world.guilds]
+        async with stack.http.post(
+            f"{stack.sim.url}/control/messages", json={"guild_ids": guilds, "count": MESSAGES}
+        ) as r:
+            assert r.status == 200
+        await eventually(lambda: total(stack, MESSAGES * len(guilds)), timeout=20)
+        gid = int(guilds[0])
+        holder = stack.proxy.tables.table.owner(gid)
+        owner = "gateway-1" if holder == "gateway-0" else "gateway-0"
+        await stack.pin(gid, owner)  # a bare pin re-routes without moving rows: stranded
+        await stack.converge()
+        code, out, _ = await cli(config.url, "verify")
+        assert code == 1 and f"holds rows of guild {gid}" in out
+
+        code, out, err = await cli(config.url, "verify", "--repair")
+        assert code == 2 and "--yes" in err  # no change without consent
+
+        code, out, err = await cli(config.url, "verify", "--repair", "--yes")
+        assert code == 0 and "clean" in out, (code, out, err)
+        await stack.converge()
+        assert stack.proxy.tables.table.owner(gid) == owner  # the operator's pin stands
+        await stack.flush_pods()
+        assert stack.pods[owner].message_counts().get(gid) == MESSAGES
+        assert gid not in stack.pods[holder].message_counts()
+
+
+async def test_drain_on_a_guild_keyed_ring_pins_what_the_pod_holds(pg_schema):
+    """Keyed by guild id there are no shards to hold: the guilds the pod holds rows of are
+    pinned to it in the drain's own version, and the drain plan moves exactly those. A pod
+    that cannot list its guilds is not drained (its rows would be stranded)."""
+    holdings: dict[str, list[str]] = {}
+    runners = []
+
+    async def fake_pod(name: str) -> str:  # the pods' /internal/guilds; nothing else is used
+        async def guilds(_: web.Request) -> web.Response:
+            return web.json_response({"pod": name, "guilds": holdings.get(name, [])})
+
+        app = web.Application()
+        app.router.add_get("/internal/guilds", guilds)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runners.append(runner)
+        return f"http://127.0.0.1:{port}"
+
+    a = {"Authorization": f"Bearer {ADMIN}"}
+    async with (
+        running_config(PG_URL, pg_schema, shard_count=None, migration_token="m") as svc,
+        aiohttp.ClientSession(headers=a) as http,
+    ):
+        try:
+            for name in ("gateway-0", "gateway-1", "gateway-2"):
+                url = await fake_pod(name)
+                async with http.put(f"{svc.url}/v1/pods/{name}", json={"url": url}) as r:
+                    assert r.status == 200, await r.text()
+            async with http.get(f"{svc.url}/v1/table") as r:
+                table = RoutingTable.from_json(await r.read())
+            ids = [(1 << 40) + 7919 * i for i in range(200)]
+            mine = [g for g in ids if table.owner(g) == "gateway-1"][:3]
+            quiet = next(g for g in ids if table.owner(g) == "gateway-1" and g not in mine)
+            holdings["gateway-1"] = [str(g) for g in mine]
+
+            async with http.post(f"{svc.url}/v1/pods/gateway-1/drain") as r:
+                assert r.status == 200, await r.text()
+            async with http.get(f"{svc.url}/v1/table") as r:
+                table = RoutingTable.from_json(await r.read())
+            assert table.pods["gateway-1"].state.value == "draining"
+            assert all(table.owner(g) == "gateway-1" for g in mine)  # held in place
+            assert table.owner(quiet) != "gateway-1"  # no rows there: ring placement ends
+
+            async with http.post(f"{svc.url}/v1/plans", json={"drain": "gateway-1"}) as r:
+                assert r.status == 201, await r.text()
+                plan = await r.json()
+            assert sorted(int(m["id"]) for m in plan["moves"]) == sorted(mine)
+            assert {m["kind"] for m in plan["moves"]} == {"guild"}
+            assert {m["to"] for m in plan["moves"]} <= {"gateway-0", "gateway-2"}
+
+            await runners.pop(0).cleanup()  # gateway-0 stops answering
+            async with http.post(f"{svc.url}/v1/pods/gateway-0/drain") as r:
+                body = await r.json()
+                assert r.status == 409 and "stranded" in body["error"], body
+            async with http.post(f"{svc.url}/v1/plans", json={"drain": "gateway-2"}) as r:
+                assert r.status == 409  # not draining: no plan
+        finally:
+            for runner in runners:
+                await runner.cleanup()
