@@ -909,26 +909,28 @@ class FrontServer:
             elif low == b"expect":
                 expect = value.strip().lower()
         api = url.startswith(API_PREFIX) and method not in SLOW_METHODS
-        if api:
-            exchange.body_limit = self.max_body_bytes
-        exchange.chunked_in = chunked
-        declared = int(length) if length is not None and length.strip().isdigit() else 0
-        exchange.has_body = chunked or declared > 0
-        if not exchange.has_body:
+        if length is None and not chunked:  # most requests: no body to frame or bound
             exchange.body_done = True  # nothing to wait for: the request is whole
-        if declared > exchange.body_limit:
-            exchange.refusal = (413, f"request body over {exchange.body_limit} bytes")
-            return
+            framing = b""
+        else:
+            if api:
+                exchange.body_limit = self.max_body_bytes
+            exchange.chunked_in = chunked
+            declared = int(length) if length is not None and length.strip().isdigit() else 0
+            exchange.has_body = chunked or declared > 0
+            if not exchange.has_body:
+                exchange.body_done = True
+            if declared > exchange.body_limit:
+                exchange.refusal = (413, f"request body over {exchange.body_limit} bytes")
+                return
+            framing = (
+                b"Transfer-Encoding: chunked\r\n" if chunked else b"Content-Length: %s\r\n" % length
+            )
         if expect is not None:
             if expect != b"100-continue":
                 exchange.refusal = (417, "only 'Expect: 100-continue' is supported")
                 return
             exchange.expect = exchange.http11 and exchange.has_body
-        framing = (
-            b"Transfer-Encoding: chunked\r\n"
-            if chunked
-            else (b"Content-Length: %s\r\n" % length if length is not None else b"")
-        )
         xff = b"%s, %s" % (forwarded, peer) if forwarded else peer
         if not api:
             if method == b"TRACE":  # an echo upstream would hand back our credentials
@@ -949,7 +951,8 @@ class FrontServer:
                 framing,
             )
             return
-        path = url.split(b"?", 1)[0]
+        query = url.find(b"?")
+        path = url if query < 0 else url[:query]
         if b"/." in path or b"%" in path or b"\\" in path:
             # dot-segments, and encodings a pod might decode into them or into a slash:
             # a /api target must name the route it reaches (a cheap guard: ids are digits)
