@@ -62,6 +62,13 @@ def chrome():  # type: ignore[no-untyped-def]
     return driver
 
 
+def wait_for(driver, condition, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
+    """A click that submits a form returns before the next page loads: wait for it."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: condition(d))
+
+
 def sign_in_as(driver, proxy: str, guild: int, user: str) -> None:  # type: ignore[no-untyped-def]
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
@@ -70,6 +77,7 @@ def sign_in_as(driver, proxy: str, guild: int, user: str) -> None:  # type: igno
     assert "Authorize mod-bot" in driver.title, driver.page_source[:500]
     Select(driver.find_element(By.ID, "user")).select_by_visible_text(user)
     driver.find_element(By.ID, "authorize").click()
+    wait_for(driver, lambda d: "Authorize mod-bot" not in d.title)
 
 
 def manager_journey(proxy: str, guild: int) -> None:
@@ -89,10 +97,12 @@ def manager_journey(proxy: str, guild: int) -> None:
         log.clear()
         log.send_keys("515151515151")
         driver.find_element(By.ID, "save").click()
+        wait_for(
+            driver, lambda d: "515151515151" in d.page_source and "424242424242" in d.page_source
+        )
         assert driver.current_url == f"{proxy}/guild/{guild}/dashboard"
-        assert "424242424242" in driver.page_source and "515151515151" in driver.page_source
         driver.find_element(By.ID, "logout").click()
-        assert "signed out" in driver.page_source
+        wait_for(driver, lambda d: "signed out" in d.page_source)
         assert driver.get_cookie("modbot_session") is None
         driver.get(f"{proxy}/guild/{guild}/dashboard")
         assert "Authorize mod-bot" in driver.title  # signed out for real
