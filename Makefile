@@ -19,9 +19,11 @@ $(SPEC): tests/spec/package-lock.json
 	npm ci --prefix tests/spec --no-audit --no-fund --loglevel=error
 	touch $@
 
+# parallel: the tests mostly wait on I/O (stacks starting, timeouts), so 4 workers on 2 cores
+TEST_WORKERS ?= 4
 test: $(VENV)/.installed $(SPEC)
 	bash .ci/services
-	@rc=0; $(PY) -m pytest -q || rc=$$?; \
+	@rc=0; $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15 || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; exit 1; fi; \
 	exit $$rc
 

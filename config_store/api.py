@@ -28,8 +28,11 @@ from .balancer import Balancer
 from .client.auth import matching_token, same_token
 from .client.observability import json_error
 from .migrator import Migrator
+from .names import guild_names
 from .openapi import OPENAPI
+from .ops_page import PLAN_PICTURES
 from .ops_page import render as render_ops
+from .ops_page import render_unavailable as render_ops_unavailable
 from .publisher import Snapshot, TablePublisher
 from .store import Conflict, Invalid, Store, StoreError, StoreUnavailable
 
@@ -449,6 +452,9 @@ async def register_pod(request: web.Request) -> web.Response:
     version = await request.app[STORE_KEY].register_pod(
         name, url, body.get("weight"), _actor(request)
     )
+    # no data anywhere yet: the new pod gets its share of shards now (nothing to migrate)
+    if await request.app[MIGRATOR_KEY].spread_if_empty(_actor(request)):
+        version = await request.app[STORE_KEY].version()
     await request.app[PUBLISHER_KEY].refresh()
     return _version_reply(version, pod=name)
 
@@ -469,6 +475,8 @@ def _pod_state_handler(state: str) -> Handler:
         version = await store.set_pod_state(
             name, state, _actor(request), _expected_version(request)
         )
+        if state == "active" and await request.app[MIGRATOR_KEY].spread_if_empty(_actor(request)):
+            version = await store.version()
         await request.app[PUBLISHER_KEY].refresh()
         return _version_reply(version, pod=name, state=state)
 
@@ -788,18 +796,43 @@ async def ops_page(request: web.Request) -> web.Response:
             "the operations page needs the admin token (Bearer, or Basic with it as the password)",
             **{"WWW-Authenticate": 'Basic realm="modbot-ring ops", charset="UTF-8"'},
         )
-    snap = await _snapshot(request)
+    headers = {"Cache-Control": "no-store"}
     store = request.app[STORE_KEY]
-    migrations = request.app[MIGRATOR_KEY].migrations
+    migrator = request.app[MIGRATOR_KEY]
+    try:  # an operator's browser gets a page that says what is wrong, not JSON or a 500
+        publisher = request.app[PUBLISHER_KEY]
+        snap = publisher.snapshot or await publisher.refresh()
+        pods = await store.pods()
+        pins = await store.pins()
+        migrations = await migrator.migrations.list(open_only=True)
+        plans: list[dict[str, Any]] = await migrator.migrations.plans_in_state(("proposed",))
+    except StoreError as exc:
+        html = render_ops_unavailable(str(exc))
+        return web.Response(text=html, status=503, content_type="text/html", headers=headers)
+    balance = request.app[BALANCER_KEY].status()
+    shown = [
+        *(h["guild_id"] for h in balance["hot"]),
+        *(p["guild_id"] for p in pins[:100]),
+        *(m["guild_id"] for m in migrations if m.get("guild_id") is not None),
+        *(
+            m["id"]
+            for p in plans[:PLAN_PICTURES]
+            for m in p["plan"].get("moves", [])[:20]
+            if m.get("kind") == "guild"
+        ),
+    ]
+    names = await guild_names(pods, shown, migrator.migration_token)
     html = render_ops(
-        version=snap.version,
-        balance=request.app[BALANCER_KEY].status(),
-        pods=await store.pods(),
-        pins=await store.pins(),
-        migrations=await migrations.list(open_only=True),
-        plans=await migrations.plans_in_state(("proposed",)),
+        version=None if snap is None else snap.version,
+        balance=balance,
+        pods=pods,
+        pins=pins,
+        migrations=migrations,
+        plans=plans,
+        names=names.names,
+        names_note=names.note(),
     )
-    return web.Response(text=html, content_type="text/html", headers={"Cache-Control": "no-store"})
+    return web.Response(text=html, content_type="text/html", headers=headers)
 
 
 async def openapi(_: web.Request) -> web.Response:

@@ -133,9 +133,54 @@ def positive_int(text: str) -> int:
     return value
 
 
+# Top-level modules the `server` extra brings (its requirements and what aiohttp pulls in):
+# a library-only install (`pip install modbot-ring`) has none of them, and a command that
+# needs one says which extra to install instead of a traceback (tests/test_packaging.py
+# checks that every third-party import of the services is listed here).
+SERVER_EXTRA_MODULES = frozenset(
+    {
+        "aiohttp", "aiosqlite", "httptools", "discord", "redis", "psycopg", "psycopg_pool",
+        "psycopg_binary", "prometheus_client", "nacl", "uvloop", "multidict", "yarl",
+        "aiosignal", "aiohappyeyeballs", "frozenlist", "propcache", "async_timeout",
+    }
+)  # fmt: skip
+
+
+def _needs_extra(exc: BaseException, argv: Sequence[str] | None) -> str | None:
+    """The one stderr line for a module missing because the `server` extra is not installed,
+    or None when ``exc`` is anything else."""
+    if not isinstance(exc, ModuleNotFoundError):
+        return None
+    if (exc.name or "").partition(".")[0] not in SERVER_EXTRA_MODULES:
+        return None
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = ["modbot-ring"]
+    with contextlib.suppress(Exception):  # name the (sub)command, as far as it parses
+        level: argparse.ArgumentParser | None = build_parser()
+        for word in words:
+            if word.startswith("-") or level is None:
+                break
+            subs = [a for a in level._actions if isinstance(a, argparse._SubParsersAction)]
+            if not subs or word not in subs[0].choices:
+                break
+            command.append(word)
+            level = subs[0].choices[word]
+    return (
+        f"{' '.join(command)} needs the server extra (no module named {exc.name!r}): "
+        "pip install 'modbot-ring[server]'"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)  # may import a command's flags (and aiohttp with them)
+    except ModuleNotFoundError as exc:
+        line = _needs_extra(exc, argv)
+        if line is None or os.environ.get("MODBOT_DEBUG"):
+            raise
+        print(line, file=sys.stderr)
+        return EXIT_ERROR
     if not hasattr(args, "handler"):  # a command group without its action, or nothing
         words = [w for w in (sys.argv[1:] if argv is None else argv) if not w.startswith("-")]
         where = " ".join(["modbot-ring", *words])
@@ -152,6 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # one line, as promised; MODBOT_DEBUG=1 shows the traceback
         if os.environ.get("MODBOT_DEBUG"):
             raise
+        line = _needs_extra(exc, argv)
+        if line is not None:
+            print(line, file=sys.stderr)
+            return EXIT_ERROR
         text = " ".join(str(exc).split())[:300]
         print(f"modbot-ring: internal error: {type(exc).__name__}: {text}", file=sys.stderr)
         return EXIT_ERROR
@@ -310,6 +359,29 @@ def build_parser() -> argparse.ArgumentParser:
         populate=dev_flags,
     )
     up_dev.set_defaults(handler=_dev_up)
+
+    def add_pod_flags(p: Parser) -> None:
+        from .devstack import ADD_POD_FLAGS, weight_arg
+
+        add_flags(p, ADD_POD_FLAGS)
+        p.add_argument(
+            "--weight", type=weight_arg, default=None, help="the pod's ring weight, (0, 100]"
+        )
+        p.add_argument(
+            "--wait",
+            type=_wait_seconds,
+            default=60.0,
+            help="seconds to wait for the balancer's plan (default 60)",
+        )
+        p.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    add_pod = dev_sub.add_parser(
+        "add-pod",
+        help="add one more gateway pod to the running `dev up` (the balancer plans for it)",
+        description="Ask the running `modbot-ring dev up` for one more gateway pod.",
+        populate=add_pod_flags,
+    )
+    add_pod.set_defaults(handler=_dev_add_pod)
 
     serve = sub.add_parser("serve", help="run a server")
     serve_sub = serve.add_subparsers(metavar="SERVER")
@@ -854,6 +926,27 @@ def _dev_up(args: argparse.Namespace) -> int:
     from .devstack import run
 
     return run(args)
+
+
+def _wait_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 <= value <= 600:
+        raise argparse.ArgumentTypeError(f"must be 0..600 seconds, got {text}")
+    return value
+
+
+def _dev_add_pod(args: argparse.Namespace) -> int:
+    from .devstack import DevError, add_pod
+
+    try:
+        code, text = add_pod(args)
+    except DevError as exc:
+        raise CliError(str(exc), exc.code) from None
+    print(text)
+    return code
 
 
 def _check_database_url(url: str) -> None:

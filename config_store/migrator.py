@@ -41,6 +41,7 @@ from typing import Any
 import aiohttp
 
 from modbot_ring import (
+    EmptyRingError,
     NoRouteError,
     PlanLimits,
     PodState,
@@ -385,6 +386,43 @@ class Migrator:
             "pod %s joins: %d shards held in place until a plan moves them", pod, len(assignment)
         )
         return True
+
+    async def spread_if_empty(self, actor: str, attempts: int = 3) -> bool:
+        """On a shard-keyed cluster that holds no data yet, give every active pod its
+        weighted share of shards at once (soft shard pins, reason ``spread``): there is
+        nothing to migrate, and a ring with few shards is lumpy (4 shards on 3 pods can all
+        land on one pod), which a load-driven plan cannot fix while every load is 0.
+        Does nothing when anything might hold data: load reported, open migrations, or a
+        pod that holds guild rows or does not answer (asked only when shards would move)."""
+        for _ in range(attempts):
+            table = await self._table()
+            pins = even_shard_pins(table)
+            if pins is None:
+                return False
+            if table.migrating or table.migrating_shards:
+                return False
+            if collect(await self.store.pods()).total > 0:
+                return False
+            for name in sorted(table.pods):  # data anywhere: joins go through plans
+                try:
+                    held = await self._pod(name, "GET", "/internal/guilds", retry=False)
+                except (PodCallError, aiohttp.ClientError, TimeoutError, Invalid) as exc:
+                    log.warning(
+                        "not spreading shards: %s did not say what it holds (%s)", name, exc
+                    )
+                    return False
+                if not isinstance(held, dict) or held.get("guilds") != []:
+                    return False
+            try:
+                await self.migrations.spread_shards(pins, actor, table.version)
+            except Conflict:
+                continue  # the table changed meanwhile: look again
+            await self.publisher.refresh()
+            log.info(
+                "no data yet: shards spread evenly over the active pods (%d pinned)", len(pins)
+            )
+            return True
+        return False
 
     # -- plans ---------------------------------------------------------------------------------------
 
@@ -885,3 +923,50 @@ class Migrator:
     async def _pod_has_version(self, pod: str, version: int) -> bool:
         status = await self._pod(pod, "GET", "/internal/table")
         return int(status["version"] or 0) >= version
+
+
+def even_shard_pins(table: RoutingTable) -> dict[int, str] | None:
+    """The shard pins that give each active pod its weighted share of the shards (largest
+    remainders, ties by name), keeping every shard whose owner is within its share; or
+    None when the table is shard-keyed and already even (or has no active pod).
+
+    Shards of draining or offline pods stay where they are: their pods were not asked
+    (draining ones are moved by their drain plan, offline ones may come back)."""
+    count = table.shard_count
+    active = {n: p.weight for n, p in table.pods.items() if p.state is PodState.ACTIVE}
+    if not count or not active:
+        return None
+    owners = [table.shard_owner(s) for s in range(count)]
+    movable = [s for s in range(count) if owners[s] is None or owners[s] in active]
+    total = sum(active.values())
+    exact = {n: len(movable) * w / total for n, w in active.items()}
+    quota = {n: int(x) for n, x in exact.items()}
+    spare = len(movable) - sum(quota.values())
+    for name in sorted(active, key=lambda n: (-(exact[n] - quota[n]), n))[:spare]:
+        quota[name] += 1
+    target: dict[int, str] = {}
+    kept = dict.fromkeys(active, 0)
+    for s in movable:
+        owner = owners[s]
+        if owner is not None and kept[owner] < quota[owner]:
+            kept[owner] += 1
+            target[s] = owner
+    for s in movable:
+        if s not in target:
+            name = max(sorted(active), key=lambda n: quota[n] - kept[n])
+            kept[name] += 1
+            target[s] = name
+    if all(target[s] == owners[s] for s in movable):
+        return None
+    pins = {s: p for s, p in table.shard_pins.items() if s not in target}
+    for s, pod in target.items():
+        if _ring_owner(table, s) != pod:
+            pins[s] = pod
+    return pins
+
+
+def _ring_owner(table: RoutingTable, shard: int) -> str | None:
+    try:
+        return table.ring.get(shard)
+    except EmptyRingError:  # no active pod: nothing owns it by the ring
+        return None

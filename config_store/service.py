@@ -195,6 +195,7 @@ def balancer_settings(args: argparse.Namespace) -> BalancerSettings:
             target_epsilon=args.balance_target,
             capacity=args.pod_capacity,
             move_budget_per_hour=args.move_budget,
+            min_load=args.balance_min_load,
         ),
     )
 

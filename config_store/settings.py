@@ -102,6 +102,13 @@ SERVE_FLAGS = [
         float,
     ),
     Flag(
+        "balance-min-load",
+        "MODBOT_BALANCE_MIN_LOAD",
+        1.0,
+        "mean events/s per pod under which the stack is idle and the balancer plans nothing",
+        float,
+    ),
+    Flag(
         "move-budget",
         "MODBOT_MOVE_BUDGET_PER_HOUR",
         20,

@@ -54,7 +54,7 @@ def add_sim_commands(sub: Any, handler: Any) -> None:
     sim_sub = sim.add_subparsers(metavar="ACTION")
 
     def command(name: str, help: str, run: Any) -> argparse.ArgumentParser:
-        p = sim_sub.add_parser(name, help=help, description=help)
+        p: argparse.ArgumentParser = sim_sub.add_parser(name, help=help, description=help)
         add_flags(p, SIM_FLAGS)
         p.set_defaults(handler=lambda args: handler(args, run))
         return p
@@ -103,18 +103,7 @@ def add_sim_commands(sub: Any, handler: Any) -> None:
     p = command(
         "interact",
         "send a signed interaction webhook (as Discord) and print the answer",
-        lambda a: _call(
-            a,
-            "POST",
-            "/control/interactions",
-            {
-                "url": a.url,
-                "guild_id": a.guild,
-                "command": a.command,
-                "kind": a.kind,
-                "options": _json_option(a.options),
-            },
-        ),
+        _interact,
     )
     p.add_argument(
         "--url",
@@ -123,8 +112,22 @@ def add_sim_commands(sub: Any, handler: Any) -> None:
     )
     p.add_argument("--guild", required=True)
     p.add_argument("--command", required=True, help="command name, e.g. setup, modreport, Report")
-    p.add_argument("--kind", type=int, default=1, help="1 slash command, 3 message context menu")
+    p.add_argument(
+        "--kind",
+        type=int,
+        choices=(1, 3),
+        default=None,
+        help="1 slash command, 3 message context menu (default: 3 with --target-message, else 1)",
+    )
     p.add_argument("--options", default="{}", help='JSON, e.g. {"user": ["user", "123"]}')
+    p.add_argument(
+        "--target-message",
+        default=None,
+        metavar="ID",
+        help="a message the simulator sent (sim messages prints ids): invoke a message"
+        " context-menu command such as Report on it",
+    )
+    p.add_argument("--user", default=None, help="the member who invokes it (default: the owner)")
     p = command(
         "calls",
         "REST calls the simulator received",
@@ -155,6 +158,41 @@ def add_sim_commands(sub: Any, handler: Any) -> None:
         help="a guild the user is in, e.g. 123:32 (Manage Server) or 123:0:456 (role 456)",
     )
     command("users", "users who can sign in", lambda a: _call(a, "GET", "/control/oauth/users"))
+
+
+def _interact(args: argparse.Namespace) -> Any:
+    """A type 2 interaction as Discord sends it: slash (data.type 1) or, with
+    ``--target-message``, message context menu (data.type 3, ``target_id`` and the message
+    in ``resolved.messages``). A non-2xx answer from the endpoint is a failure (exit 1)."""
+    kind = args.kind or (3 if args.target_message else 1)
+    body: dict[str, Any] = {
+        "url": args.url,
+        "guild_id": args.guild,
+        "command": args.command,
+        "kind": kind,
+        "options": _json_option(args.options),
+    }
+    if args.user:
+        body["user_id"] = _snowflake("--user", args.user)
+    if args.target_message is not None:
+        if kind != 3:
+            raise SimError("--target-message needs a message command (--kind 3)")
+        body["target_message_id"] = _snowflake("--target-message", args.target_message)
+        body["require_target"] = True  # Discord only offers the menu on a message that exists
+    elif kind == 3:
+        raise SimError("a message command (--kind 3) needs --target-message ID")
+    answer = _call(args, "POST", "/control/interactions", body)
+    status = int(answer.get("status", 0))
+    if not 200 <= status < 300:
+        text = " ".join(str(answer.get("body", "")).split())[:200]
+        raise SimError(f"the interactions endpoint answered {status}: {text}", 1)
+    return answer
+
+
+def _snowflake(flag: str, text: str) -> str:
+    if not text.isdigit() or len(text) > 20:
+        raise SimError(f"{flag} {text[:40]!r}: expected a numeric id")
+    return text
 
 
 def _json_option(text: str) -> Any:

@@ -9,6 +9,7 @@ then audited in a transaction of its own, so the log holds every attempt's outco
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import json
 import re
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from modbot_ring import Algorithm, Pod, PodState, RoutingTable
+from modbot_ring import MAX_WEIGHT, Algorithm, Pod, PodState, RoutingTable
 from modbot_ring.table import MAX_SHARD_COUNT
 
 from .db import Database, DatabaseUnavailable, Tx, open_database, sqlite_ddl
@@ -350,8 +351,8 @@ class Store:
     ) -> int:
         """Add a pod, or refresh its URL/weight and mark it online. Idempotent."""
         _check_pod_name(name)
-        if weight is not None and not (0 < weight <= 1000):
-            raise Invalid(f"weight must be in (0, 1000], got {weight}")
+        if weight is not None and not (0 < weight <= MAX_WEIGHT):
+            raise Invalid(f"weight must be in (0, {MAX_WEIGHT:g}], got {weight}")
 
         async def apply(tx: Tx) -> bool:
             now = time.time()
@@ -727,7 +728,7 @@ class MigrationStore:
         self,
         shard: int,
         pod: str,
-        unpin_guilds: list[int],
+        unpin_guilds: builtins.list[int],
         actor: str,
         plan_id: str | None = None,
     ) -> int:
@@ -769,11 +770,29 @@ class MigrationStore:
 
         return await self.store._change("shard.hold", actor, {"shards": len(assignment)}, apply)
 
+    async def spread_shards(self, pins: dict[int, str], actor: str, expected_version: int) -> int:
+        """On a cluster that holds no data: replace every shard pin with ``pins`` (the
+        shards whose even share differs from the ring's answer), in one version. Only the
+        caller knows there is no data; ``expected_version`` makes a stale view a Conflict."""
+
+        async def apply(tx: Tx) -> bool:
+            await tx.execute("DELETE FROM shard_pins")
+            for shard, pod in sorted(pins.items()):
+                await tx.execute(
+                    "INSERT INTO shard_pins (shard, pod, kind, actor, reason, created_at) VALUES (%s, %s, 'soft', %s, 'spread', %s)",
+                    (shard, pod, actor, time.time()),
+                )
+            return True
+
+        return await self.store._change(
+            "shard.spread", actor, {"pinned": len(pins)}, apply, expected_version
+        )
+
     async def drain_pod(
         self,
         pod: str,
         shards: dict[int, str],
-        guilds: list[int],
+        guilds: builtins.list[int],
         actor: str,
         expected_version: int,
     ) -> int:
@@ -863,7 +882,7 @@ class MigrationStore:
             "plan": json.loads(body),
         }
 
-    async def plans(self, limit: int = 20) -> list[dict[str, Any]]:
+    async def plans(self, limit: int = 20) -> builtins.list[dict[str, Any]]:
         rows = await self.store._read_all(
             "SELECT id FROM plans ORDER BY created_at DESC LIMIT %s", (limit,)
         )
@@ -871,7 +890,7 @@ class MigrationStore:
 
     async def plans_in_state(
         self, states: tuple[str, ...], *, actor: str | None = None, since: float = 0.0
-    ) -> list[dict[str, Any]]:
+    ) -> builtins.list[dict[str, Any]]:
         marks = ", ".join(["%s"] * len(states))
         sql = f"SELECT id FROM plans WHERE state IN ({marks}) AND created_at >= %s"
         params: list[Any] = [*states, since]
@@ -881,7 +900,9 @@ class MigrationStore:
         rows = await self.store._read_all(sql + " ORDER BY created_at DESC", tuple(params))
         return [await self.plan(r[0]) for r in rows]
 
-    async def foreign_changes(self, plan_id: str, base_version: int) -> list[dict[str, Any]]:
+    async def foreign_changes(
+        self, plan_id: str, base_version: int
+    ) -> builtins.list[dict[str, Any]]:
         """Table versions after ``base_version`` that the plan's own moves did not produce:
         someone else's changes, which make the plan stale."""
         rows = await self.store._read_all(
@@ -892,7 +913,7 @@ class MigrationStore:
         )
         return [{"version": int(v), "actor": a, "action": act} for v, a, act in rows]
 
-    async def expire_stale_plans(self) -> list[str]:
+    async def expire_stale_plans(self) -> builtins.list[str]:
         """Draft and proposed plans that someone else's table change overtook become
         ``expired``, so nothing advertises an apply command that would fail with 409."""
         marks = ", ".join(["%s"] * len(NEW_PLAN_STATES))

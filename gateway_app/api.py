@@ -118,6 +118,37 @@ def _owned_guild(request: web.Request) -> tuple[int, web.Response | None]:
     return gid, pod.misdirected(gid)
 
 
+def cached_guild(pod: Pod, gid: int) -> Any:
+    """The guild in this pod's discord.py caches (one client per shard), or None: its
+    shard is not connected here (yet), or Discord has not sent the guild."""
+    for session in list(pod.shards.sessions.values()):
+        get_guild = getattr(session.client, "get_guild", None)
+        guild = get_guild(gid) if get_guild is not None else None
+        if guild is not None:
+            return guild
+    return None
+
+
+def guild_names(pod: Pod, gid: int, settings: Any) -> dict[str, Any] | None:
+    """The guild's name and those of the roles and channels its settings name, from the
+    cache (no Discord request); None when the cache does not hold the guild."""
+    guild = cached_guild(pod, gid)
+    if guild is None:
+        return None
+    roles: dict[str, str] = {}
+    channels: dict[str, str] = {}
+    for value in (settings or {}).values():
+        if not (isinstance(value, str) and value.isascii() and value.isdigit()):
+            continue
+        role = guild.get_role(int(value))
+        if role is not None:
+            roles[value] = str(role.name)
+        channel = guild.get_channel(int(value))
+        if channel is not None:
+            channels[value] = str(channel.name)
+    return {"guild": str(guild.name), "roles": roles, "channels": channels}
+
+
 async def guild_data(request: web.Request) -> web.Response:
     gid, refusal = _owned_guild(request)
     if refusal is not None:
@@ -126,7 +157,31 @@ async def guild_data(request: web.Request) -> web.Response:
     data = await pod.store.dashboard(gid)
     data["pod"] = pod.name
     data["table_version"] = pod.table_version
+    data["names"] = guild_names(pod, gid, data.get("settings"))
     return web.json_response(data)
+
+
+MAX_NAME_IDS = 500
+
+
+async def cached_names(request: web.Request) -> web.Response:
+    """``GET /internal/names?ids=1,2``: names of the listed guilds this pod's cache holds
+    (read-only, for the operator's page; the migration token opens it)."""
+    raw = request.query.get("ids", "")
+    parts = [p for p in raw.split(",") if p]
+    if len(parts) > MAX_NAME_IDS:
+        return json_error(400, f"at most {MAX_NAME_IDS} ids")
+    try:
+        ids = [parse_guild_id(p) for p in parts]
+    except InvalidGuildId as exc:
+        return json_error(400, str(exc))
+    pod = request.app[POD_KEY]
+    names = {}
+    for gid in ids:
+        guild = cached_guild(pod, gid)
+        if guild is not None:
+            names[str(gid)] = str(guild.name)
+    return web.json_response({"pod": pod.name, "names": names})
 
 
 async def get_settings(request: web.Request) -> web.Response:
@@ -191,6 +246,11 @@ async def interactions(request: web.Request) -> web.Response:
         if refusal is not None:
             pod.metrics.interactions.labels("misdirected").inc()
             return refusal
+        if pod.gate.holding(gid):  # frozen for a migration: a write now would be left behind
+            pod.metrics.interactions.labels("migrating").inc()
+            return json_error(
+                503, f"guild {gid} is migrating: try again shortly", **{"Retry-After": "1"}
+            )
     if not pod.commands_ready:
         return json_error(
             503, "this pod's command client is not logged in yet", **{"Retry-After": "1"}
@@ -212,6 +272,7 @@ async def interactions(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/data/guilds/{guild_id}", guild_data)
+    r.add_get("/internal/names", cached_names)
     r.add_post("/interactions", interactions)
     r.add_get("/api/guilds/{guild_id}/settings", get_settings)
     r.add_put("/api/guilds/{guild_id}/settings", put_settings)

@@ -28,7 +28,16 @@ from typing import Any
 import discord
 from discord import app_commands
 
-from .discordpy import CURRENT_POSITION, GatewayPosition, RawBan, ResumableShardedClient, TakeResume
+from . import features
+from .discordpy import (
+    CURRENT_POSITION,
+    GatewayPosition,
+    RawBan,
+    ResumableShardedClient,
+    TakeResume,
+    role_ids,
+)
+from .features.modlog import audit_event
 from .storage import GuildStore
 
 log = logging.getLogger("modbot.gateway.bot")
@@ -91,7 +100,21 @@ def gateway_intents() -> discord.Intents:
     intents.message_content = True
     intents.moderation = True
     intents.members = True
+    intents.guild_reactions = True  # the reactji channeler (features/reactji.py)
     return intents
+
+
+def staff(author: discord.abc.User) -> bool | None:
+    """The owner, or a member whose roles grant Administrator, Manage Server or Ban Members;
+    None when that is unknown: the guild is not cached (a pod that resumed its session
+    from disk gets no GUILD_CREATE), so nothing may be decided against the author."""
+    if not isinstance(author, discord.Member) or getattr(author, "guild", None) is None:
+        return None
+    try:
+        perms = author.guild_permissions
+    except AttributeError:  # a member of a guild discord.py holds only in part
+        return None
+    return bool(perms.administrator or perms.manage_guild or perms.ban_members)
 
 
 class GatewayClient(ResumableShardedClient):
@@ -169,6 +192,8 @@ class GatewayClient(ResumableShardedClient):
             "message_id": message.id,
             "channel_id": message.channel.id,
             "author_id": message.author.id,
+            "roles": sorted(role_ids(message.author)),  # for the features (honeypot)
+            "staff": staff(message.author),  # the honeypot spares them
             "words": len(content.split()),
             "chars": len(content),
             "at": message.created_at.timestamp(),
@@ -186,6 +211,32 @@ class GatewayClient(ResumableShardedClient):
             self._handled(ban.guild_id, f"b:{ban.user_id}", event)
         else:
             self._acknowledge()
+
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        # not stored: shown to the features (the reactji channeler) by the owning pod
+        if payload.guild_id is None or (payload.member is not None and payload.member.bot):
+            self._acknowledge()
+            return
+        emoji = payload.emoji
+        key = f"{emoji.name}:{emoji.id}" if emoji.id else str(emoji.name)
+        event = {
+            "kind": "reaction",
+            "message_id": payload.message_id,
+            "channel_id": payload.channel_id,
+            "user_id": payload.user_id,
+            "emoji": key,
+            "at": time.time(),
+        }
+        self._handled(payload.guild_id, f"r:{payload.message_id}:{payload.user_id}:{key}", event)
+
+    async def on_raw_audit_log_entry(self, data: dict[str, Any]) -> None:
+        # kicks, timeouts, bans with executor and reason (features/modlog.py)
+        event = audit_event(data)
+        guild = data.get("guild_id")
+        if event is None or not (isinstance(guild, str) and guild.isdigit()):
+            self._acknowledge()
+            return
+        self._handled(int(guild), f"a:{event['entry_id']}", event)
 
     async def on_raw_member_remove(self, payload: discord.RawMemberRemoveEvent) -> None:
         if self.recent.first_time(("leave", payload.guild_id, payload.user.id)):
@@ -283,12 +334,23 @@ def build_commands(client: discord.Client, store: GuildStore) -> app_commands.Co
         mod_log = client.get_partial_messageable(
             int(settings["mod_log"]), guild_id=interaction.guild_id
         )
-        await mod_log.send(
-            f"Report from <@{interaction.user.id}> about <@{message.author.id}>'s message {message.id}: {message.content[:500]}"
-        )
+        try:
+            await mod_log.send(
+                # anonymous, as mod-bot's: the reporter is stored (one report per message
+                # each) but never shown to the moderators
+                f"Anonymous report about <@{message.author.id}>'s message {message.id}: {message.content[:500]}",
+                allowed_mentions=discord.AllowedMentions.none(),  # the member's text: no pings
+            )
+        except Exception:  # the moderators were not told: the member may report it again
+            await store.remove_report(
+                interaction.guild_id, interaction.user.id, message.id, "user report"
+            )
+            raise
         await interaction.response.send_message(
             "Thanks: the moderators have been told.", ephemeral=True
         )
+
+    features.install(tree, client, store)  # escalations etc.: gateway_app/features/
 
     @tree.error
     async def on_error(

@@ -39,8 +39,17 @@ __all__ = [
     "GatewayPosition",
     "RawBan",
     "ResumableShardedClient",
+    "add_thread_member",
+    "ban_member",
+    "close_thread",
+    "create_private_thread",
+    "create_thread",
+    "fetch_message",
+    "kick_member",
     "point_at",
+    "role_ids",
     "run_forwarded_interaction",
+    "timeout_member",
 ]
 
 DEFERRED_EPHEMERAL: dict[str, Any] = {"type": 5, "data": {"flags": 64}}
@@ -192,6 +201,8 @@ TRACKED_EVENTS = (
     "MESSAGE_DELETE",
     "GUILD_BAN_ADD",
     "GUILD_MEMBER_REMOVE",
+    "GUILD_AUDIT_LOG_ENTRY_CREATE",  # as raw data (features/modlog.py): needs no cache
+    "MESSAGE_REACTION_ADD",  # features/reactji.py
 )
 
 RESUME_CONNECT_TIMEOUT = 30.0  # seconds to reach a stored resume URL before IDENTIFYing
@@ -253,6 +264,12 @@ class ResumableShardedClient(discord.AutoShardedClient):
                     self.dispatch(
                         "raw_member_ban", RawBan(int(data["guild_id"]), int(data["user"]["id"]))
                     )
+                elif name == "GUILD_AUDIT_LOG_ENTRY_CREATE":
+                    # raw only: discord.py's parser needs the guild cached and int()s every
+                    # id, so one odd entry would end the shard's client; nothing uses it
+                    if isinstance(data, dict):
+                        self.dispatch("raw_audit_log_entry", dict(data))
+                    return
                 parse(data)
             finally:
                 CURRENT_POSITION.reset(token)
@@ -304,3 +321,68 @@ class ResumableShardedClient(discord.AutoShardedClient):
             with contextlib.suppress(Exception):
                 await shard.ws.close(code=4000)
         await super().close()
+
+
+# -- moderation over REST, for guilds this process has not cached (features/) ----------------
+# discord.py's Guild.ban/kick and Member.edit need a cached guild or member; the command
+# client is REST-only and caches nothing, so these call its HTTP layer directly.
+
+
+def role_ids(member: discord.abc.User) -> set[int]:
+    """The role ids of an interaction's member (its roles cannot be resolved uncached)."""
+    return {int(r) for r in getattr(member, "_roles", ())}
+
+
+async def ban_member(
+    client: discord.Client, guild_id: int, user_id: int, reason: str, delete_seconds: int = 0
+) -> None:
+    await client.http.ban(user_id, guild_id, delete_message_seconds=delete_seconds, reason=reason)
+
+
+async def kick_member(client: discord.Client, guild_id: int, user_id: int, reason: str) -> None:
+    await client.http.kick(user_id, guild_id, reason=reason)
+
+
+async def timeout_member(
+    client: discord.Client, guild_id: int, user_id: int, until_iso: str, reason: str
+) -> None:
+    await client.http.edit_member(
+        guild_id, user_id, reason=reason, communication_disabled_until=until_iso
+    )
+
+
+async def create_thread(client: discord.Client, channel_id: int, name: str, reason: str) -> int:
+    """A public thread (no starter message) in a text channel; its id."""
+    thread = await client.http.start_thread_without_message(
+        channel_id, name=name[:100], auto_archive_duration=10080, type=11, reason=reason
+    )
+    return int(thread["id"])
+
+
+async def create_private_thread(
+    client: discord.Client, channel_id: int, name: str, reason: str
+) -> int:
+    """A private thread (type 12, members only) in a text channel; its id."""
+    thread = await client.http.start_thread_without_message(
+        channel_id,
+        name=name[:100],
+        auto_archive_duration=10080,
+        type=12,
+        invitable=False,
+        reason=reason,
+    )
+    return int(thread["id"])
+
+
+async def add_thread_member(client: discord.Client, thread_id: int, user_id: int) -> None:
+    await client.http.add_user_to_thread(thread_id, user_id)
+
+
+async def close_thread(client: discord.Client, thread_id: int, reason: str) -> None:
+    """Archive and lock a thread: read-only for its members from now on."""
+    await client.http.edit_channel(thread_id, reason=reason, archived=True, locked=True)
+
+
+async def fetch_message(client: discord.Client, channel_id: int, message_id: int) -> dict[str, Any]:
+    """A message as Discord's REST answers it (its ``reactions`` with their counts)."""
+    return dict(await client.http.get_message(channel_id, message_id))

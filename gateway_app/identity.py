@@ -4,8 +4,10 @@ The proxy signs the identity it verified (``X-Modbot-Identity``: user, guild, pe
 bits, role ids, method, request target, 60 s expiry; HMAC-SHA256 with the proxy->pod
 key). The pod does not trust the proxy's network position alone: every
 ``/api/guilds/...`` and ``/data/guilds/...`` request must carry that header, for this
-guild, this method and this exact target, or it gets 401. A header a client sent never
-arrives here (the proxy strips ``X-Modbot-*``), and a forged one fails the MAC.
+guild, this method and this exact target, or it gets 401 (only the ``--no-auth``
+developer's identity, which holds every right, may name guild and target ``*``). A
+header a client sent never arrives here (the proxy strips ``X-Modbot-*``), and a forged
+one fails the MAC.
 
 Rules (Discord's bits): Administrator (0x8) or Manage Server (0x20) may read and write;
 the guild's configured ``moderator_role`` may read. Only the pod can decide the
@@ -78,6 +80,15 @@ def _b64d(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+ANY = "*"
+
+
+def _dev_any(payload: dict[str, Any]) -> tuple[str, ...]:
+    """A dev identity (the proxy's ``--no-auth`` developer, who may do anything) may name
+    any guild and target as ``*``; no other kind may."""
+    return (ANY,) if payload.get("k") == "dev" else ()
+
+
 def verify_header(
     key: bytes, value: str | None, method: str, target: str, now: float | None = None
 ) -> dict[str, Any]:
@@ -98,7 +109,7 @@ def verify_header(
         raise Refused(401, "malformed identity")
     if float(payload.get("e", 0)) < (time.time() if now is None else now):
         raise Refused(401, "identity expired")
-    if payload.get("m") != method or payload.get("t") != target:
+    if payload.get("m") != method or payload.get("t") not in (target, *_dev_any(payload)):
         raise Refused(401, "identity was issued for another request")
     return payload
 
@@ -216,6 +227,8 @@ class IdentityGuard:
             )
         except (KeyError, TypeError, ValueError):
             raise Refused(401, "malformed identity") from None
+        if ident.guild_id in _dev_any(payload):
+            ident.guild_id = guild  # the developer's "any guild": this one
         if ident.guild_id != guild:
             raise Refused(401, "identity was issued for another guild")
         if ident.kind == "token":

@@ -27,7 +27,7 @@ from config_store.client.observability import add_health_routes, setup_logging
 from config_store.client.table_client import RoutingTableClient
 from modbot_ring import shard_for
 
-from . import identity
+from . import features, identity
 from .api import MAX_BODY, POD_KEY, add_routes, internal_auth, misdirected_response, owner_or_none
 from .bot import CommandClient, GatewayClient, LoadMeter, RecentEvents
 from .commands_sync import sync_at_start
@@ -35,12 +35,14 @@ from .discordpy import GatewayPosition, point_at
 from .gate import GuildGate
 from .migration_api import add_routes as add_migration_routes
 from .monolith_api import add_routes as add_monolith_routes
-from .shards import ShardSupervisor
+from .retention import Retention, RetentionPolicy
+from .shards import ShardSupervisor, gateway_bot_shards
 from .storage import GuildStore, SessionMark, StorageError, StorageUnavailable, check_database
 
 log = logging.getLogger("modbot.gateway")
 
 TOP_GUILDS = 50
+DISK_CHECK_INTERVAL = 1.0  # seconds between disk-pressure checks while nothing is written
 
 
 @dataclass
@@ -65,6 +67,17 @@ class PodSettings:
     identify_interval: float = 5.0
     interaction_deadline: float = 2.0
     table_poll: float = 1.0
+    # retention and disk pressure (gateway_app/retention.py; None: kept forever)
+    retention_message_stats_days: int | None = 90
+    retention_reported_messages_days: int | None = None
+    retention_mod_actions_days: int | None = None
+    retention_interval: float = 3600.0
+    retention_batch: int = 2000
+    retention_pause: float = 0.05
+    disk_reserve_bytes: int = 16 * 1024 * 1024
+    disk_max_used: float = 0.95
+    escalation_timeout: float = 129600.0
+    feature_tick: float = 10.0
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> PodSettings:
@@ -98,7 +111,7 @@ class PodMetrics:
 
 class StoreCollector:
     """The batch writer's health as metrics: failed commits (every retry counts) and the
-    writes waiting to be committed."""
+    writes waiting to be committed; the database's and its volume's bytes."""
 
     def __init__(self, store: GuildStore) -> None:
         self.store = store
@@ -106,9 +119,48 @@ class StoreCollector:
     def collect(self) -> Iterator[Metric]:
         yield CounterMetricFamily(
             "modbot_gateway_write_failures",
-            "SQLite batch commits that failed (each retry counts).",
+            "SQLite batch commits that failed or were refused for lack of disk space"
+            " (each retry counts).",
             value=self.store.write_failures,
         )
+        yield CounterMetricFamily(
+            "modbot_gateway_writes_refused",
+            "Batch commits and direct writes refused because the volume's headroom was"
+            " below the disk reserve (nothing was acknowledged).",
+            value=self.store.writes_refused,
+        )
+        yield GaugeMetricFamily(
+            "modbot_gateway_disk_pressure",
+            "1 while this pod refuses new writes because its volume is nearly full.",
+            value=1.0 if self.store.pressure is not None else 0.0,
+        )
+        disk = self.store.disk_state()
+        if disk is not None:
+            yield GaugeMetricFamily(
+                "modbot_gateway_database_bytes",
+                "Bytes of this pod's SQLite database on its volume (file plus write-ahead log).",
+                value=disk.database,
+            )
+            yield GaugeMetricFamily(
+                "modbot_gateway_database_free_bytes",
+                "Bytes of free pages inside the database file, reused before the file grows.",
+                value=disk.database_free,
+            )
+            yield GaugeMetricFamily(
+                "modbot_gateway_volume_size_bytes",
+                "Bytes of the volume holding the database (used plus available, as df).",
+                value=disk.volume_size,
+            )
+            yield GaugeMetricFamily(
+                "modbot_gateway_volume_free_bytes",
+                "Bytes still available on the volume holding the database.",
+                value=disk.volume_free,
+            )
+            yield GaugeMetricFamily(
+                "modbot_gateway_disk_reserve_bytes",
+                "Headroom (volume free plus database free pages) below which writes are refused.",
+                value=disk.threshold if self.store.guarded else 0,
+            )
         # cumulative, so a counter (until 0.1.0 it was the gauge modbot_gateway_rows_written)
         yield CounterMetricFamily(
             "modbot_gateway_rows_written",
@@ -142,7 +194,17 @@ class Pod:
         self.name = settings.name
         self.registry = CollectorRegistry()
         self.metrics = PodMetrics(self.registry)
-        self.store = GuildStore(settings.database)
+        self.store = GuildStore(
+            settings.database,
+            reserve_bytes=settings.disk_reserve_bytes,
+            max_used=settings.disk_max_used,
+        )
+        self.retention = Retention(
+            self.store,
+            RetentionPolicy.from_settings(settings),
+            self._may_prune,
+            after_run=lambda: self.store.check_disk(refresh=True),  # freed pages count at once
+        )
         self.load = LoadMeter()
         self.guild_bytes: dict[int, int] = {}
         self.recent = RecentEvents()
@@ -156,7 +218,12 @@ class Pod:
         self.gate = GuildGate(self.name, self.table_client, self.store, self.owns, self.load)
         self.commands = CommandClient(self.store)
         self.commands_ready = False
-        self.shards = ShardSupervisor(self.name, settings.discord_token, self._gateway_client)
+        self.shards = ShardSupervisor(
+            self.name,
+            settings.discord_token,
+            self._gateway_client,
+            bot_shard_count=gateway_bot_shards(settings.discord_api_url, settings.discord_token),
+        )
         self.config = ConfigApi(settings.config_url, settings.admin_token)
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
@@ -186,12 +253,20 @@ class Pod:
         return GatewayClient(
             shard_ids=shard_ids,
             shard_count=shard_count,
-            handle=self.gate.handle,
+            handle=self._handle_event,
             recent=self.recent,
             identify_interval=self.settings.identify_interval,
             mark=self._mark,
             take_resume=self._take_resume,
         )
+
+    def _handle_event(self, guild_id: int, key: str, event: dict[str, Any]) -> str:
+        """The gate decides; an event written here (owned, live) is also shown to the
+        features that act on events (a honeypot's message: gateway_app/features/)."""
+        outcome = self.gate.handle(guild_id, key, event)
+        if outcome == "written":
+            features.observe(self.commands, guild_id, event)
+        return outcome
 
     def _mark(self, position: GatewayPosition) -> None:
         self.store.mark_session(
@@ -231,9 +306,11 @@ class Pod:
                 "commands": "ready" if self.commands_ready else "logging in",
                 "shards": self.shards.connected_shards,
                 **self.table_client.status(),
-                # why writes fail, if they do: the pod acknowledges no gateway event meanwhile
-                "storage": "ok" if self.store.failure is None else f"failing: {self.store.failure}",
+                # why writes fail or are refused, if they are: the pod acknowledges no
+                # gateway event meanwhile (they are replayed by RESUME after a restart)
+                "storage": self.store.unwritable or "ok",
                 "writes_pending": self.store.backlog,
+                "disk": self._disk_details(),
             }
             return self._ready_now(), details
 
@@ -244,6 +321,14 @@ class Pod:
         s = self.settings
         point_at(s.discord_api_url, s.discord_gateway_url)
         await self.store.open()
+        disk = await self.store.check_disk()
+        if disk is not None and self.store.guarded and disk.threshold >= disk.volume_size:
+            log.error(
+                "the disk reserve (%d bytes) is not below the volume's size (%d bytes):"
+                " every write will be refused (MODBOT_DISK_RESERVE_BYTES, MODBOT_DISK_MAX_USED)",
+                disk.threshold,
+                disk.volume_size,
+            )
         self.resume_from = await self.store.sessions()
         await self.gate.load_fences()
         self._runner = web.AppRunner(self.app(), access_log=None)
@@ -257,6 +342,9 @@ class Pod:
         self._tasks.append(asyncio.create_task(self._login_commands(), name="command-login"))
         self._tasks.append(asyncio.create_task(self._heartbeats(), name="heartbeats"))
         self._tasks.append(asyncio.create_task(self._measure_sizes(), name="guild-sizes"))
+        self._tasks.append(asyncio.create_task(self._watch_disk(), name="disk-pressure"))
+        self._tasks.append(asyncio.create_task(self.retention.run_forever(), name="retention"))
+        self._tasks.append(asyncio.create_task(self._run_features(), name="features"))
         log.info("pod %s serving on %s", self.name, s.public_url)
 
     async def stop(self) -> None:
@@ -272,6 +360,19 @@ class Pod:
         await self.commands.close()
         await self.store.close()
         await self.config.close()
+
+    async def _run_features(self) -> None:
+        """The features' background work (gateway_app/features/), for the guilds this pod
+        owns and no migration freezes or holds here."""
+        runtime = features.runtime_of(self.commands)
+        runtime.can_act = lambda gid: self.owns(gid) and not self.gate.holding(gid)
+        runtime.ready = lambda: self.commands_ready
+        runtime.escalation_timeout = self.settings.escalation_timeout
+        runtime.tick = self.settings.feature_tick
+        try:
+            await features.run(runtime)
+        finally:
+            await runtime.close()
 
     async def _login_commands(self) -> None:
         delay = 0.5
@@ -376,13 +477,47 @@ class Pod:
             table is not None
             and self.commands_ready
             and self.shards.converged(table)
-            and self.store.failure is None
+            and self.store.unwritable is None
         )
+
+    def _may_prune(self, guild_id: int) -> bool:
+        """Retention deletes only rows of guilds this pod owns and no migration touches
+        (the store also skips guilds exported or imported lately: see retention.py)."""
+        table = self.table_client.table
+        return (
+            table is not None
+            and guild_id not in table.migrating
+            # "released" is where a migration's target stays once the guild is its own
+            and self.gate.state(guild_id) not in ("frozen", "holding")
+            and self.owns(guild_id)
+        )
+
+    def _disk_details(self) -> dict[str, Any]:
+        disk = self.store.disk_state()
+        if disk is None:
+            return {}
+        return {
+            "volume_free_bytes": disk.volume_free,
+            "database_free_bytes": disk.database_free,
+            "reserve_bytes": disk.threshold if self.store.guarded else 0,
+            "used": round(disk.used_fraction, 4),
+        }
+
+    async def _watch_disk(self) -> None:
+        """Refuse writes before the volume fills even while nothing is written, and allow
+        them again once space frees (a deleted file, retention, a larger volume)."""
+        while True:
+            try:  # the free pages too (a header read): the gauges and alerts use them
+                await self.store.check_disk(refresh=True)
+            except Exception as exc:  # a closing database: measure again next time
+                log.debug("disk not measured: %s", exc)
+            await asyncio.sleep(DISK_CHECK_INTERVAL)
 
     def _register_metrics(self) -> None:
         self.table_client.register_metrics(self.registry, "modbot_gateway")
         self.shards.register_metrics(self.registry)
         self.registry.register(StoreCollector(self.store))
+        self.registry.register(self.retention)
         Gauge(
             "modbot_gateway_shards_connected",
             "Discord gateway shard sessions of this pod that are ready.",

@@ -7,6 +7,8 @@ import socket
 
 from config_store.client.flags import Flag
 
+from .retention import RETENTION_FLAGS
+
 SERVE_FLAGS = [
     Flag(
         "name",
@@ -87,4 +89,20 @@ SERVE_FLAGS = [
         "heartbeat-interval", "MODBOT_HEARTBEAT_INTERVAL", 5.0, "seconds between heartbeats", float
     ),
     Flag("log-level", "MODBOT_LOG_LEVEL", "info", "log level"),
+    # escalations (gateway_app/features/escalation.py)
+    Flag(
+        "escalation-timeout",
+        "MODBOT_ESCALATION_TIMEOUT",
+        129600.0,
+        "seconds an escalation vote runs with no votes (mod-bot: 36 h, a ninth less per voter)",
+        float,
+    ),
+    Flag(
+        "feature-tick",
+        "MODBOT_FEATURE_TICK",
+        10.0,
+        "seconds between the features' background passes (due escalations, retried deliveries)",
+        float,
+    ),
+    *RETENTION_FLAGS,  # retention and disk pressure (gateway_app/retention.py)
 ]

@@ -7,6 +7,14 @@ Added shards are opened first and removed ones closed once the added ones are re
 ``ready_timeout`` passed), so a shard moving between pods is covered throughout. Only a
 change of ``shard_count`` reopens everything: a session is bound to ``[shard, count]``.
 
+**A table keyed by guild id** (``shard_count`` None) has no shard owners: any pod may own
+guilds on every shard, and Discord delivers a guild's events only to sessions of its shard.
+So every pod in such a table opens *every* shard of the bot, counted as Discord recommends
+(``GET /gateway/bot`` ``shards``, read once per process, retried with backoff until it
+answers), and processes only the events of guilds it owns, as with pins. Several sessions
+per ``[shard, count]`` are allowed; the cost is pods x shards sessions (IDENTIFYs on every
+start, and each pod receives every event), so large bots should key by shard.
+
 **One discord.py client per shard**, not one ``AutoShardedClient`` whose shard set is
 edited. discord.py fixes a client's shards at construction; editing them means writing its
 name-mangled shard map and state (``_AutoShardedClient__shards``,
@@ -51,11 +59,13 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import aiohttp
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from modbot_ring import RoutingTable
+from modbot_ring.table import MAX_SHARD_COUNT
 
 log = logging.getLogger("modbot.gateway.shards")
 
@@ -207,6 +217,7 @@ class ShardSupervisor:
         ready_timeout: float = 30.0,
         gate: IdentifyGate | None = None,
         restart_delay: float = 1.0,
+        bot_shard_count: Callable[[], Awaitable[int]] | None = None,
     ) -> None:
         self.pod = pod
         self.token = token
@@ -214,6 +225,8 @@ class ShardSupervisor:
         self.ready_timeout = ready_timeout
         self.gate = gate or IdentifyGate()
         self.restart_delay = restart_delay
+        self.fetch_bot_shard_count = bot_shard_count
+        self.bot_shard_count: int | None = None  # Discord's count, for guild-keyed tables
         self.sessions: dict[int, ShardSession] = {}
         self.shard_count: int | None = None
         self.key: ShardKey = (None, ())
@@ -242,8 +255,40 @@ class ShardSupervisor:
                 except Exception:
                     log.exception("could not apply the shard set of table v%s", table.version)
 
+    def wanted(self, table: RoutingTable) -> ShardKey:
+        """(session shard count, shard ids) this pod should have open for ``table``."""
+        if table.shard_count is not None:
+            return table.shard_count, table.shards_for(self.pod)
+        if self.pod in table.pods and self.bot_shard_count is not None:
+            return self.bot_shard_count, tuple(range(self.bot_shard_count))
+        return None, ()
+
+    async def _learn_bot_shard_count(self) -> None:
+        """Discord's shard count for the whole bot (guild-keyed tables need every shard)."""
+        fetch, delay = self.fetch_bot_shard_count, 1.0
+        if fetch is None:
+            log.warning(
+                "table keys by guild id and %s has no way to ask Discord for the shard "
+                "count: no gateway sessions",
+                self.pod,
+            )
+            return
+        while self.bot_shard_count is None:
+            try:
+                count = await fetch()
+                if type(count) is not int or not 1 <= count <= MAX_SHARD_COUNT:
+                    raise ValueError(f"invalid shard count {count!r}")
+            except Exception as exc:  # Discord down, refusing or garbled: ask again later
+                log.warning("GET /gateway/bot failed (%s); retrying in %.0fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+                continue
+            self.bot_shard_count = count
+
     async def apply(self, table: RoutingTable) -> None:
-        key: ShardKey = (table.shard_count, table.shards_for(self.pod))
+        if table.shard_count is None and self.pod in table.pods and self.bot_shard_count is None:
+            await self._learn_bot_shard_count()
+        key = self.wanted(table)
         if key == self.key:
             return
         count, shards = key
@@ -364,8 +409,10 @@ class ShardSupervisor:
 
     def converged(self, table: RoutingTable) -> bool:
         """The sessions match ``table`` and every one of them is ready."""
-        if self.key != (table.shard_count, table.shards_for(self.pod)):
+        if self.key != self.wanted(table):
             return False
+        if table.shard_count is None and self.pod in table.pods and self.bot_shard_count is None:
+            return False  # still asking Discord how many shards there are
         return all(s.ready for s in self.sessions.values())
 
     @property
@@ -434,3 +481,26 @@ class _ShardMetrics(Collector):
             "Session starts left (session_start_limit.remaining) at the last GET /gateway/bot; -1: not read yet.",
             value=remaining,
         )
+
+
+def gateway_bot_shards(api_url: str, token: str) -> Callable[[], Awaitable[int]]:
+    """A fetcher of the bot's recommended shard count (``GET /gateway/bot`` ``shards``), for
+    pods of a guild-keyed table. Public REST, not discord.py's private ``get_bot_gateway``."""
+
+    async def fetch() -> int:
+        timeout = aiohttp.ClientTimeout(total=10)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.get(
+                f"{api_url.rstrip('/')}/gateway/bot", headers={"Authorization": f"Bot {token}"}
+            ) as resp,
+        ):
+            if resp.status != 200:
+                raise RuntimeError(f"HTTP {resp.status}: {(await resp.text())[:200]}")
+            body = await resp.json(content_type=None)
+        if not isinstance(body, dict):
+            raise ValueError("GET /gateway/bot did not answer an object")
+        shards: int = body.get("shards")  # type: ignore[assignment]  # checked by the caller
+        return shards
+
+    return fetch

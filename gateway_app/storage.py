@@ -15,6 +15,22 @@ travel in the same queue and are committed in the same transaction as the rows w
 before them, so the stored sequence number never runs ahead of the data: a restarted pod
 RESUMEs from it and Discord replays what was not committed.
 
+**Disk pressure** (issue 15): the pod refuses new writes *before* the volume is full, when
+its headroom (the volume's free bytes plus the free pages inside the database file, which
+SQLite reuses before it grows the file) falls below the larger of ``reserve_bytes`` and
+``1 - max_used`` of the volume. A refused batch is handled like a failed one (kept queued,
+in order; ``flush()`` raises; positions not advanced; retried with backoff) but no commit
+is attempted, so no batch ever fails half-way on ENOSPC, and the reserve stays for what
+frees space: retention's deletes, a migration's ``delete_guild``, WAL checkpoints.
+Direct writes (settings, reports, imports) raise :class:`StorageUnavailable` meanwhile.
+Writes resume once the headroom is back above the threshold plus a tenth (hysteresis).
+
+**Retention** (``gateway_app/retention.py``) deletes old rows here in small transactions
+(:meth:`GuildStore.prune_batch`) on a connection of its own. Exports take the same lock
+as a prune batch, and a guild that was exported or imported (a migration's pre-copy) is
+not pruned for ``EXPORT_QUIET`` seconds, so a migration's counts and checksums always
+describe one state of the guild.
+
 Ids are SQLite INTEGERs (signed 64-bit): Discord snowflakes stay below 2**63 until 2084.
 """
 
@@ -25,10 +41,11 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +53,8 @@ from typing import Any
 import aiosqlite
 
 from config_store.client import monolith_schema
+
+from . import feature_tables
 
 log = logging.getLogger("modbot.gateway.storage")
 
@@ -188,6 +207,11 @@ SCHEMA += monolith_schema.POD_SCHEMA
 EXPORT_COLUMNS.update(monolith_schema.POD_EXPORT_COLUMNS)
 EXPORT_ORDER.update(monolith_schema.POD_EXPORT_ORDER)
 GUILD_TABLES += monolith_schema.POD_TABLES
+# and the features' own tables (gateway_app/feature_tables.py), carried the same way
+SCHEMA += feature_tables.SCHEMA
+EXPORT_COLUMNS.update(feature_tables.EXPORT_COLUMNS)
+EXPORT_ORDER.update(feature_tables.EXPORT_ORDER)
+GUILD_TABLES += feature_tables.TABLES
 
 
 @dataclass(frozen=True)
@@ -213,7 +237,37 @@ class SessionMark:
 
 
 class StorageUnavailable(Exception):
-    """Writes are failing (disk full, I/O error): nothing enqueued since is committed yet."""
+    """Writes are failing (disk full, I/O error) or refused (disk pressure): nothing
+    enqueued since is committed yet."""
+
+
+MiB = 1024 * 1024
+EXPORT_QUIET = 3600.0  # seconds a guild is not pruned after an export or import of it
+# prunable tables and the column (seconds since the epoch) their rows age by
+RETENTION_COLUMNS = {
+    "message_stats": "sent_at",
+    "reported_messages": "created_at",
+    "mod_actions": "created_at",
+}
+
+
+@dataclass(frozen=True)
+class DiskState:
+    """The pod's volume and database as the disk-pressure check sees them (bytes)."""
+
+    volume_size: int  # what df calls size: used + available to this user
+    volume_free: int  # available to this user (statvfs f_bavail)
+    database: int  # the database file and its write-ahead log
+    database_free: int  # free pages inside the database file (reused before it grows)
+    threshold: int  # headroom below which writes are refused
+
+    @property
+    def headroom(self) -> int:
+        return self.volume_free + self.database_free
+
+    @property
+    def used_fraction(self) -> float:
+        return 1.0 - self.headroom / self.volume_size if self.volume_size else 0.0
 
 
 class StorageError(Exception):
@@ -273,6 +327,8 @@ class GuildStore:
         flush_interval: float = 0.02,
         retry_initial: float = 0.05,
         retry_max: float = 2.0,
+        reserve_bytes: int = 0,
+        max_used: float = 1.0,
     ) -> None:
         self.path = path
         self.batch_size = batch_size
@@ -294,6 +350,15 @@ class GuildStore:
         self.batches_written = 0
         self.write_failures = 0
         self.failure: str | None = None  # why writes fail right now (None: they succeed)
+        # disk pressure: refuse new writes while the headroom is below the threshold
+        self.reserve_bytes = reserve_bytes
+        self.max_used = max_used
+        self.pressure: str | None = None  # why writes are refused right now
+        self.writes_refused = 0  # batch attempts and direct writes refused for disk pressure
+        self.batches_refused = 0  # of which batch attempts (also in write_failures)
+        self._free_pages_bytes = 0  # last measured free pages inside the file
+        self._prune_lock = asyncio.Lock()  # an export's reads never straddle a prune batch
+        self._touched: dict[int, float] = {}  # guild -> monotonic time of export/import
 
     async def open(self) -> None:
         if self.path != ":memory:":
@@ -378,6 +443,8 @@ class GuildStore:
         """
         if self.failure is not None:
             raise StorageUnavailable(f"writes are failing: {self.failure}")
+        if self.pressure is not None:
+            raise StorageUnavailable(f"writes are refused: {self.pressure}")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters += 1
         self._pending.append(done)
@@ -444,6 +511,20 @@ class GuildStore:
             writes = sum(1 for item in batch if not isinstance(item, asyncio.Future))
             upto = self._writes_committed + writes
             marks = self._marks_due(upto)
+            if writes and await self._refusing():
+                # disk pressure: no commit is attempted (none fails half-way on ENOSPC); the
+                # batch goes back to the front like a failed one and positions stay put
+                self.writes_refused += 1
+                self.batches_refused += 1
+                self.write_failures += 1
+                assert self.pressure is not None
+                self._fail_waiters(batch, self.pressure)
+                self._pending.extendleft(
+                    reversed([i for i in batch if not isinstance(i, asyncio.Future)])
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.retry_max)
+                continue
             try:
                 await self._commit(batch, marks)
             except Exception as exc:
@@ -469,6 +550,96 @@ class GuildStore:
             for item in batch:
                 if isinstance(item, asyncio.Future) and not item.done():
                     item.set_result(None)
+
+    # -- disk pressure -------------------------------------------------------------------------------
+
+    @property
+    def guarded(self) -> bool:
+        """Whether the disk-pressure check is on (a reserve or a usage limit is set)."""
+        return self.path != ":memory:" and (self.reserve_bytes > 0 or self.max_used < 1.0)
+
+    @property
+    def unwritable(self) -> str | None:
+        """Why writes do not go through right now (None: they do)."""
+        if self.failure is not None:
+            return f"failing: {self.failure}"
+        if self.pressure is not None:  # same prefix: /readyz's `storage` is "ok" or "failing: ..."
+            return f"failing: {self.pressure}"
+        return None
+
+    def database_bytes(self) -> int:
+        """The database file plus its write-ahead log (what the pod's data takes)."""
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                total += os.stat(self.path + suffix).st_size
+        return total
+
+    def disk_state(self) -> DiskState | None:
+        """The volume as statvfs sees it now, with the last measured free pages."""
+        if self.path == ":memory:":
+            return None
+        try:
+            st = os.statvfs(os.path.dirname(os.path.abspath(self.path)))
+        except OSError:
+            return None
+        free = st.f_bavail * st.f_frsize
+        size = (st.f_blocks - st.f_bfree) * st.f_frsize + free
+        threshold = max(self.reserve_bytes, int((1.0 - self.max_used) * size + 0.5))
+        return DiskState(size, free, self.database_bytes(), self._free_pages_bytes, threshold)
+
+    async def measure_free_pages(self) -> int:
+        """Bytes of free pages inside the file (deleted rows' pages, reused first)."""
+        if self.db is None or self.path == ":memory:":
+            return 0
+        async with self.db.execute("PRAGMA freelist_count") as cur:
+            pages = await cur.fetchone()
+        async with self.db.execute("PRAGMA page_size") as cur:
+            size = await cur.fetchone()
+        self._free_pages_bytes = int(pages[0]) * int(size[0]) if pages and size else 0
+        return self._free_pages_bytes
+
+    async def check_disk(self, *, refresh: bool = False) -> DiskState | None:
+        """Measure, and refuse or allow writes accordingly (with a tenth of hysteresis).
+
+        Cheap when there is room (the batch writer calls it before every batch): one
+        statvfs; the free pages (``PRAGMA freelist_count``) are counted only near the
+        threshold, or when asked to ``refresh`` them (once a second, after retention)."""
+        if refresh:
+            await self.measure_free_pages()
+        state = self.disk_state()
+        if state is None or not self.guarded:
+            return state
+        resume_at = state.threshold + state.threshold // 10
+        if not refresh and (self.pressure is not None or state.headroom < resume_at):
+            await self.measure_free_pages()
+            state = self.disk_state()
+            assert state is not None
+        if self.pressure is None and state.headroom < state.threshold:
+            self.pressure = (
+                f"disk almost full: {state.headroom / MiB:.1f} MiB left on the volume"
+                f" (free database pages included), below the {state.threshold / MiB:.1f} MiB"
+                " reserve; writes are refused until space frees (nothing is acknowledged)"
+            )
+            log.error("refusing writes: %s", self.pressure)
+        elif self.pressure is not None and state.headroom >= resume_at:
+            log.warning("writes allowed again: %.1f MiB free on the volume", state.headroom / MiB)
+            self.pressure = None
+        return state
+
+    async def _refusing(self) -> bool:
+        if not self.guarded:
+            return False
+        await self.check_disk()
+        return self.pressure is not None
+
+    def check_writable(self) -> None:
+        """Raise :class:`StorageUnavailable` if a direct write must not be attempted now."""
+        if self.failure is not None:
+            raise StorageUnavailable(f"writes are failing: {self.failure}")
+        if self.pressure is not None:
+            self.writes_refused += 1
+            raise StorageUnavailable(f"writes are refused: {self.pressure}")
 
     def _fail_waiters(self, batch: Sequence[QueueItem], reason: str) -> None:
         """Every flush waiting now fails: the barrier cannot hold while writes fail."""
@@ -544,6 +715,8 @@ class GuildStore:
             )
         elif kind == "delete":
             self.message_deleted(guild_id, event["message_id"], event["at"])
+        elif kind == "audit":
+            self.audit_action(guild_id, event)
         elif kind in ("ban", "leave"):
             self.enqueue(
                 "INSERT INTO mod_actions (guild_id, user_id, action_type, executor_id, reason, duration, created_at)"
@@ -560,6 +733,27 @@ class GuildStore:
                     event["at"],
                 ),
             )
+
+    def audit_action(self, guild_id: int, event: dict[str, Any]) -> None:
+        """A kick, ban or timeout from the audit log (gateway_app/features/modlog.py): once
+        per entry (``source_id``); a ban row GUILD_BAN_ADD wrote first is completed."""
+        source = f"audit:{event['entry_id']}"
+        user, action, at = event["user_id"], event["action"], event["at"]
+        details = (event.get("executor_id"), event.get("reason"), event.get("duration"), source)
+        self.enqueue(
+            "UPDATE mod_actions SET executor_id = ?, reason = ?, duration = ?, source_id = ?"
+            " WHERE rowid = (SELECT rowid FROM mod_actions WHERE guild_id = ? AND user_id = ?"
+            " AND action_type = ? AND source_id IS NULL AND executor_id IS NULL"
+            " AND abs(created_at - ?) < 60 LIMIT 1) AND NOT EXISTS (SELECT 1 FROM mod_actions"
+            " WHERE guild_id = ? AND source_id = ?)",
+            (*details, guild_id, user, action, at, guild_id, source),
+        )
+        self.enqueue(
+            "INSERT INTO mod_actions (guild_id, user_id, action_type, executor_id, reason,"
+            " duration, created_at, source_id) SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE NOT EXISTS"
+            " (SELECT 1 FROM mod_actions WHERE guild_id = ? AND source_id = ?)",
+            (guild_id, user, action, *details[:3], at, source, guild_id, source),
+        )
 
     def hold_event(self, guild_id: int, key: str, event: dict[str, Any]) -> None:
         """Keep an event for later instead of writing it (the guild is migrating)."""
@@ -621,6 +815,7 @@ class GuildStore:
     ) -> bool:
         """Store a report; False when this reporter already reported this message."""
         assert self.db is not None
+        self.check_writable()
         cur = await self.db.execute(
             "INSERT OR IGNORE INTO reported_messages (guild_id, reporter_id, reported_user_id, message_id, channel_id, reason, content, created_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -636,6 +831,18 @@ class GuildStore:
             ),
         )
         return bool(cur.rowcount)
+
+    async def remove_report(
+        self, guild_id: int, reporter_id: int, message_id: int, reason: str
+    ) -> None:
+        """Undo :meth:`add_report` when what it stood for did not happen (Discord refused
+        the log message), so the reporter's retry is not refused as a repeat."""
+        assert self.db is not None
+        await self.db.execute(
+            "DELETE FROM reported_messages WHERE guild_id = ? AND reporter_id = ?"
+            " AND message_id = ? AND reason = ?",
+            (guild_id, reporter_id, message_id, reason),
+        )
 
     async def user_report(self, guild_id: int, user_id: int) -> dict[str, Any]:
         await self.flush()
@@ -718,13 +925,20 @@ class GuildStore:
         )
 
     @contextlib.asynccontextmanager
-    async def _bulk_connection(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def _bulk_connection(
+        self, *, frees_space: bool = False
+    ) -> AsyncIterator[aiosqlite.Connection]:
         """A connection of its own for a migration's one big transaction (import, delete).
 
         Not the batch writer's: a transaction opened on the shared connection would let
         the writer's batches run inside it (or fail with "cannot start a transaction within
         a transaction" and roll it back half-done). On its own connection the import simply
-        takes SQLite's write lock and the writer waits for it (busy timeout)."""
+        takes SQLite's write lock and the writer waits for it (busy timeout).
+
+        Refused under disk pressure (an import must not fill the reserve) unless the work
+        ``frees_space`` (deletes: a moved guild, retention)."""
+        if not frees_space:
+            self.check_writable()
         if self.path == ":memory:":  # one database per connection: only the shared one sees it
             assert self.db is not None
             yield self.db
@@ -758,6 +972,18 @@ class GuildStore:
         if mode not in ("full", "precopy", "delta"):
             raise ValueError(f"unknown export mode {mode!r}")
         await self.flush()
+        async with self._prune_lock:  # rows, totals and checksum of one state: no prune between
+            self._touched[guild_id] = time.monotonic()
+            return await self._export_rows(guild_id, mode, since_id, since_time, message_ids)
+
+    async def _export_rows(
+        self,
+        guild_id: int,
+        mode: str,
+        since_id: int,
+        since_time: float,
+        message_ids: Collection[int] | None,
+    ) -> dict[str, Any]:
         snapshot_time = time.time()
         rows: dict[str, list[list[Any]]] = {}
         for table, cols in EXPORT_COLUMNS.items():
@@ -831,6 +1057,7 @@ class GuildStore:
         if any(row[0] != guild_id for table_rows in rows.values() for row in table_rows):
             raise ImportError_("rows of another guild in the import")
         await self.flush()
+        self._touched[guild_id] = time.monotonic()  # a migration's target: not pruned meanwhile
         async with self._bulk_connection() as db:
             await db.execute("BEGIN IMMEDIATE")
             try:
@@ -900,7 +1127,7 @@ class GuildStore:
         in one transaction on its own connection (see ``_bulk_connection``)."""
         await self.flush()
         counts = {}
-        async with self._bulk_connection() as db:
+        async with self._bulk_connection(frees_space=True) as db:
             await db.execute("BEGIN IMMEDIATE")
             try:
                 for table in GUILD_TABLES:
@@ -951,3 +1178,83 @@ class GuildStore:
             t: (await self._all(f"SELECT count(*) FROM {t}{where}", params))[0][0]
             for t in GUILD_TABLES
         }
+
+    # -- retention (gateway_app/retention.py drives these) ----------------------------------------
+
+    def recently_moved(self, guild_id: int) -> bool:
+        """Exported or imported within ``EXPORT_QUIET`` s: a migration may be under way."""
+        at = self._touched.get(guild_id)
+        return at is not None and time.monotonic() - at < EXPORT_QUIET
+
+    @contextlib.asynccontextmanager
+    async def pruning(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The connection a retention run deletes on (its own: see ``_bulk_connection``)."""
+        async with self._bulk_connection(frees_space=True) as db:
+            yield db
+
+    @staticmethod
+    async def guilds_with_rows_before(
+        db: aiosqlite.Connection, table: str, cutoff: float
+    ) -> list[int]:
+        """Guilds with at least one row of ``table`` older than ``cutoff``.
+
+        message_stats can hold millions of rows: its guilds are listed by walking the
+        primary key's first column (one index seek per guild, not a scan), then each is
+        checked with one seek of its time index."""
+        column = RETENTION_COLUMNS[table]
+        if table == "message_stats":
+            async with db.execute(
+                "WITH RECURSIVE g(id) AS (SELECT min(guild_id) FROM message_stats"
+                " UNION ALL SELECT (SELECT min(guild_id) FROM message_stats WHERE guild_id > g.id)"
+                " FROM g WHERE g.id IS NOT NULL) SELECT id FROM g WHERE id IS NOT NULL"
+            ) as cur:
+                guilds = [int(r[0]) for r in await cur.fetchall()]
+            old = []
+            for gid in guilds:
+                async with db.execute(
+                    "SELECT 1 FROM message_stats WHERE guild_id = ? AND sent_at < ? LIMIT 1",
+                    (gid, cutoff),
+                ) as cur:
+                    if await cur.fetchone() is not None:
+                        old.append(gid)
+            return old
+        async with db.execute(
+            f"SELECT DISTINCT guild_id FROM {table} WHERE {column} < ? ORDER BY guild_id",
+            (cutoff,),
+        ) as cur:
+            return [int(r[0]) for r in await cur.fetchall()]
+
+    async def prune_batch(
+        self,
+        db: aiosqlite.Connection,
+        table: str,
+        guild_id: int,
+        cutoff: float,
+        limit: int,
+        allowed: Callable[[int], bool],
+    ) -> tuple[int, float] | None:
+        """Delete up to ``limit`` of the guild's rows older than ``cutoff``, oldest first,
+        in one short transaction. Returns (rows deleted, seconds the write lock was held),
+        or None if the guild must not be pruned now (``allowed`` says no, or a migration
+        exported or imported it lately). Checked under the export lock, so an export sees
+        the guild either before or after a batch, never in between."""
+        column = RETENTION_COLUMNS[table]
+        key = "message_id" if table == "message_stats" else "rowid"  # WITHOUT ROWID there
+        sql = (
+            f"DELETE FROM {table} WHERE guild_id = ? AND {key} IN (SELECT {key} FROM {table}"
+            f" WHERE guild_id = ? AND {column} < ? ORDER BY {column} LIMIT ?)"
+        )
+        async with self._prune_lock:
+            if not allowed(guild_id) or self.recently_moved(guild_id):
+                return None
+            await db.execute("BEGIN IMMEDIATE")
+            locked = time.monotonic()
+            try:
+                cur = await db.execute(sql, (guild_id, guild_id, cutoff, limit))
+                deleted = max(cur.rowcount, 0)
+                await db.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await db.execute("ROLLBACK")
+                raise
+            return deleted, time.monotonic() - locked

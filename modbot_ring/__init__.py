@@ -2,6 +2,8 @@
 
 Pure and dependency-free: no I/O, no imports beyond the standard library, so that
 proxies, pods, operators' tools and other projects compute the same answer locally.
+May import: the standard library and its own modules, nothing else (``pip install
+modbot-ring`` brings no dependency; tests/test_layering.py, tests/test_packaging.py).
 
     >>> from modbot_ring import Pod, RoutingTable
     >>> table = RoutingTable([Pod("gateway-0"), Pod("gateway-1")], shard_count=4)

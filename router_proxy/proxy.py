@@ -60,6 +60,7 @@ from . import interactions, login
 from .auth import IDENTITY_HEADER, AuthSettings
 from .breaker import CircuitBreaker
 from .dashboard import render_dashboard, render_unavailable
+from .tally import BeforeScrape
 from .verify import SignatureError, Verifier
 
 log = logging.getLogger("modbot.proxy")
@@ -192,6 +193,9 @@ class RouterProxy:
     ) -> None:
         self.settings = settings
         self.tables = tables
+        # first in the registry: hooks that fold batched counts in before a scrape reads them
+        self.before_scrape = BeforeScrape()
+        registry.register(self.before_scrape)
         self.metrics = ProxyMetrics(registry)
         self.gate: login.AuthRoutes = login.AuthRoutes(self, settings.auth)  # who may ask
         self.verifier = (

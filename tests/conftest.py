@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -14,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -28,16 +31,77 @@ READ = "read-secret"
 _HANDED_OUT: set[int] = set()
 
 
+def _worker_ports() -> tuple[list[int], range]:
+    """Under pytest-xdist, this worker's own slice of the ports below the kernel's
+    ephemeral range (shuffled): a port handed to a server that binds seconds later (a pod
+    process) cannot be taken meanwhile by another worker, nor by anyone's bind(0) or
+    outgoing connection. Empty when not a worker: then the kernel picks (bind to 0)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker.startswith("gw") or not worker[2:].isdigit():
+        return [], range(0)
+    index = int(worker[2:])
+    count = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1), index + 1)
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    span = (low - 10000) // count
+    if span < 500:
+        return [], range(0)
+    own = range(10000 + index * span, 10000 + (index + 1) * span)
+    ports = list(own)
+    random.Random(os.getpid()).shuffle(ports)  # two runs at once start apart
+    return ports, own
+
+
+_WORKER_PORTS, _WORKER_RANGE = _worker_ports()
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _kernel_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def free_port() -> int:
     """A free loopback port, never the same one twice in this process: two servers of
     one stack picking ports before either binds must not collide."""
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port not in _HANDED_OUT:
-            _HANDED_OUT.add(port)
-            return port
+    return free_ports(1)
+
+
+def free_ports(n: int) -> int:
+    """The first of ``n`` consecutive free loopback ports (``dev up --base-port``), none
+    handed out before in this process; from this xdist worker's own slice if it has one."""
+    for attempt in range(2 * len(_WORKER_PORTS) + 200):
+        if _WORKER_PORTS:
+            if attempt == len(_WORKER_PORTS):  # a whole lap handed out: those are long gone
+                _HANDED_OUT.clear()
+            base = _WORKER_PORTS.pop(0)
+            _WORKER_PORTS.append(base)
+            block = range(base, base + n)
+            if block[-1] not in _WORKER_RANGE:
+                continue
+        else:
+            base = _kernel_port()
+            block = range(base, base + n)
+            if block[-1] > 65000:
+                continue
+        if _HANDED_OUT.intersection(block):
+            continue
+        if (n == 1 and not _WORKER_PORTS) or all(_bindable(port) for port in block):
+            _HANDED_OUT.update(block)
+            return base
+    raise RuntimeError(f"no block of {n} free loopback ports")
 
 
 @pytest.fixture
@@ -91,11 +155,14 @@ async def running_config(
     redis_url: str = "",
     redis_prefix: str = "modbot",
     shard_count: int | None = 4,
-    heartbeat_timeout: float = 15.0,
+    heartbeat_timeout: float = 3600.0,
     migration_token: str = "",
     migration_step_delay: float = 0.0,
     balance: object | None = None,
 ) -> AsyncIterator[ConfigService]:
+    """The config service in this process. Pods registered by a test that never heartbeat
+    stay active however slow the machine (tests/stack.py's pods heartbeat and pass 15 s;
+    a test about going offline passes its own short timeout)."""
     from aiohttp import web
 
     from config_store.service import build_app
@@ -258,3 +325,88 @@ async def svc(database_url):
             ) as r:
                 assert r.status == 200, await r.text()
         yield service
+
+
+# -- running in parallel (pytest-xdist: `make test` runs `pytest -n 4 --dist loadgroup`) --------
+# Each test already has its own schema, key prefix, ports and tmp_path; what a module shares
+# (a module-scoped stack, tests that run in order on it) must stay on one worker.
+#
+# xdist's own loadgroup renames each grouped node id ("...@group"), which pytest >= 9.2 no
+# longer allows (node ids live in Node._id): it would silently split the groups. So the
+# workers write the groups they collected to a file and the scheduler below reads them.
+
+_SHARED_SCOPES = ("module", "class", "package")
+_GROUPS_ENV = "MODBOT_TEST_XDIST_GROUPS"  # a directory, made by the controller
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """`-n N` alone means `--dist load`, which would split a module's shared stack (and its
+    ordered flows) across workers: keep the groups together instead (the same otherwise)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") or not config.pluginmanager.hasplugin("xdist"):
+        return
+    if getattr(config.option, "dist", "no") in ("load", "loadgroup"):
+        config.option.dist = "loadgroup"
+        os.environ[_GROUPS_ENV] = tempfile.mkdtemp(prefix="modbot-xdist-groups-")
+        config.pluginmanager.register(_GroupScheduler(), "modbot-xdist-groups")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get(_GROUPS_ENV):
+        shutil.rmtree(os.environ.pop(_GROUPS_ENV), ignore_errors=True)
+
+
+class _GroupScheduler:
+    """xdist's load-by-scope scheduling where a scope is a test's group (or the test alone)."""
+
+    def pytest_xdist_make_scheduler(self, config: pytest.Config, log: object) -> object:
+        from xdist.scheduler import LoadScopeScheduling
+
+        groups: dict[str, str] = {}
+
+        class Scheduling(LoadScopeScheduling):  # type: ignore[misc]
+            def _split_scope(self, nodeid: str) -> str:
+                if not groups:  # every worker wrote its file before reporting its collection
+                    for path in Path(os.environ[_GROUPS_ENV]).glob("*.json"):
+                        groups.update(json.loads(path.read_text()))
+                return groups.get(nodeid, nodeid)
+
+        return Scheduling(config, log)
+
+
+def _shared_group(item: pytest.Item) -> str | None:
+    """The module (and parameter of a module-scoped fixture) whose fixture the test shares."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return None
+    callspec = getattr(item, "callspec", None)
+    shared, params = False, []
+    for name in sorted(info.names_closure):
+        defs = info.name2fixturedefs.get(name)
+        if not defs or defs[-1].scope not in _SHARED_SCOPES:
+            continue
+        shared = True
+        if callspec is not None and name in callspec.indices:
+            params.append(f"{name}={callspec.indices[name]}")
+    if not shared:
+        return None
+    return "::".join(["group", item.nodeid.split("::")[0], *params])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests sharing a module-scoped fixture form one xdist group (one worker builds it once);
+    on a worker, slow tests that share nothing go first so that none of them is the tail."""
+    groups: dict[str, str] = {}
+    for item in items:
+        mark = item.get_closest_marker("xdist_group")
+        group = (mark.args[0] if mark and mark.args else None) or _shared_group(item)
+        if group:
+            groups[item.nodeid] = f"group::{group}" if mark else group
+            if mark is None:
+                item.add_marker(pytest.mark.xdist_group(group))
+    worker, folder = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get(_GROUPS_ENV)
+    if worker and folder:
+        items.sort(key=lambda i: not (i.get_closest_marker("slow") and i.nodeid not in groups))
+        tmp = Path(folder) / f"{worker}.tmp"
+        tmp.write_text(json.dumps(groups))
+        tmp.replace(Path(folder) / f"{worker}.json")

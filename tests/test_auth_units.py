@@ -127,6 +127,49 @@ def test_identity_verifies_on_the_pod_only_for_its_method_and_target():
         verify_header(proxy_key, old, "GET", "/x")
 
 
+def test_only_the_developer_identity_may_name_any_guild_and_target():
+    """--no-auth signs one identity per method (the fast path's cheap case); the pod takes
+    ``*`` from a dev identity only, never from a session or a token."""
+    key = identity_key_from("", "internal")
+    dev = Authenticator(None, key, no_auth=True).dev
+    value = sign_identity(key, dev, "*", "GET", "*")
+    assert verify_header(key, value, "GET", "/api/guilds/7/stats")["k"] == "dev"
+    with pytest.raises(Refused):  # the method is still bound
+        verify_header(key, value, "PUT", "/api/guilds/7/stats")
+    ann = Principal("42", "ann", "session", {"7": GuildGrant(ADMINISTRATOR)})
+    with pytest.raises(ValueError):
+        sign_identity(key, ann, "*", "GET", "*")
+    # a session identity forged with "*" (as if the proxy's key had signed it) is refused
+    import json as _json
+
+    from router_proxy.auth import b64e, mac
+
+    text = _json.dumps(
+        {
+            "k": "session",
+            "u": "42",
+            "g": "*",
+            "p": 8,
+            "r": [],
+            "m": "GET",
+            "t": "*",
+            "e": int(time.time()) + 60,
+        }
+    )
+    body = b64e(text.encode())
+    forged = f"v1.{body}.{b64e(mac(key, f'v1.{body}'.encode()))}"
+    with pytest.raises(Refused):
+        verify_header(key, forged, "GET", "/api/guilds/7/stats")
+
+
+def test_targets_that_need_escaping_are_signed_as_json_would():
+    key = identity_key_from("", "internal")
+    who = Principal("42", "ann", "session", {"7": GuildGrant(MANAGE_GUILD)})
+    for target in ['/api/guilds/7/a"b', "/api/guilds/7/a\\b", "/api/guilds/7/\u00e9", "/x\x01"]:
+        value = sign_identity(key, who, "7", "GET", target)
+        assert verify_header(key, value, "GET", target)["t"] == target
+
+
 def test_authenticator_decisions():
     s = sessions()
     auth = Authenticator(s, b"k" * 32, public_origin="https://a.example")

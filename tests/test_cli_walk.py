@@ -153,6 +153,7 @@ def unreachable_cases(files: dict[str, str]) -> dict[str, list[str] | None]:
         "import-monolith": [files["monolith"], "--no-progress"],
         "commands sync": ["--discord-api-url", DEAD, "--discord-token", "x"],
         "dev up": None,
+        "dev add-pod": ["--state-dir", f"{files['dir']}/no-stack"],
         "completion": None,
         "serve config": None,
         "serve proxy": None,

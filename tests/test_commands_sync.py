@@ -73,6 +73,17 @@ async def test_sync_registers_once_and_is_idempotent(
     code, out, _ = await run(capsys, *sync_args(sim))
     assert code == 0 and puts(sim) == 1
     assert "+ /setup" in out and "+ /modreport" in out and "+ message: Report" in out
+    # the features' commands (gateway_app/features/) too
+    for command in (
+        "/escalate",
+        "/force-ban",
+        "/honeypot",
+        "/tickets-setup",
+        "/reactji-channel",
+        "message: Track",
+        "message: Escalate",
+    ):
+        assert f"+ {command}" in out, command
     # Discord's shapes: ids, versions, permissions as strings, its defaults filled in
     stored = {c["name"]: c for c in registry(sim.runner.app).commands(None)}
     setup = stored["setup"]

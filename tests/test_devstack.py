@@ -5,7 +5,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import sys
 import time
 from html import unescape
@@ -15,30 +14,15 @@ import aiohttp
 import psycopg
 import pytest
 import redis
-from conftest import PG_URL, REDIS_URL
+from conftest import PG_URL, REDIS_URL, free_ports
 
 CLI = str(Path(sys.executable).parent / "modbot-ring")
 
 
 def free_block(n: int) -> int:
-    """A base port with n free consecutive ports after it."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n > 65000:
-            continue
-        ok = True
-        for port in range(base, base + n):
-            with socket.socket() as probe:
-                try:
-                    probe.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
-            return base
-    raise RuntimeError("no free port block")
+    """A base port with n free consecutive ports after it (from this xdist worker's own
+    slice of ports: tests/conftest.py)."""
+    return free_ports(n)
 
 
 @pytest.mark.parametrize("backing", ["embedded", "postgres+redis"])

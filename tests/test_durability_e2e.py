@@ -221,6 +221,8 @@ async def test_a_bogus_stored_session_falls_back_to_identify(stack):
     """Hostile or stale state in the file (an unreachable resume URL, garbage, an unknown
     session) costs a RESUME attempt, never the pod: it IDENTIFYs and serves."""
     pod = stack.pods["gateway-0"]
+    # the batch writer commits each shard's position shortly after READY, not before it
+    await eventually(lambda: pod.rows("SELECT count(*) FROM gateway_sessions")[0][0] == 2)
     pod.kill()
     with contextlib.closing(sqlite3.connect(pod.database)) as conn:
         assert conn.execute("SELECT count(*) FROM gateway_sessions").fetchone()[0] == 2

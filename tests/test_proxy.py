@@ -18,8 +18,10 @@ A = {"Authorization": f"Bearer {ADMIN}"}
 
 @pytest.fixture
 async def stack(tmp_path, pg_schema):
+    # pods heartbeat every 1 s; 5 s (not 2) so that a pod slowed by a busy machine is not
+    # marked offline mid-test (a table change), and a killed one still is within 10 s
     async with running_stack(
-        tmp_path, PG_URL, pg_schema, pods=2, guilds=8, shard_count=4, heartbeat_timeout=2.0
+        tmp_path, PG_URL, pg_schema, pods=2, guilds=8, shard_count=4, heartbeat_timeout=5.0
     ) as s:
         yield s
 
@@ -43,7 +45,9 @@ async def test_routing_headers_match_the_table_for_1000_random_guilds(stack):
             return route.reason.value
 
     reasons = await asyncio.gather(*(check(g) for g in gids))
-    assert reasons.count("pin") == 10 and reasons.count("ring") == 990
+    # the rest by shard: the ring's, or the even spread a data-free cluster gets at join
+    assert reasons.count("pin") == 10
+    assert reasons.count("ring") + reasons.count("shard") == 990
 
 
 async def test_a_pin_change_is_followed_without_restart(stack):

@@ -29,7 +29,9 @@ def test_ring_bench_quick_prints_its_table(tmp_path):
         "uhashring 2.5 get_node (baseline)",
         "RoutingTable.owner, shard-keyed (1,024), 1,000 pins",
         "RoutingTable.owner, guild-keyed, 1,000 pins",
+        "HashRing build, 10 pods, weights 2:1 mixed ",
         "peak/mean, worst of",
+        "reference: slots owned independently",
         "weights 2:1 honoured",
         "add one pod",
         "remove one pod",
@@ -37,7 +39,8 @@ def test_ring_bench_quick_prints_its_table(tmp_path):
         assert label in text, label
     assert text.count("rounds:") == 5  # every rate shows its interleaved rounds
     assert "0 slots moved between surviving pods" in text
-    assert '"ratio_guild"' in out.read_text()
+    results = out.read_text()
+    assert '"ratio_guild"' in results and '"balance_independent_floor"' in results
 
 
 def test_ring_bench_rejects_bad_arguments():

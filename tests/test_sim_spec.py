@@ -13,6 +13,7 @@ documents only, and answers the others 405 ``{"message": "405: Method Not Allowe
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import shutil
 import subprocess
@@ -24,6 +25,10 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import jsonschema  # type: ignore[import-untyped]
 import pytest
+from aiohttp import web
+from conftest import free_port
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
 
 from gateway_app.discord_sim.server import RunningSim, start_sim
 
@@ -66,6 +71,7 @@ ROUTES: dict[tuple[str, str], tuple[str | None, bool]] = {
     ("GET", f"{API}/users/@me"): ("UserPIIResponse", False),
     ("GET", f"{API}/oauth2/applications/@me"): ("PrivateApplicationResponse", False),
     ("GET", f"{API}/gateway/bot"): ("GatewayBotResponse", False),
+    ("PATCH", f"{API}/applications/@me"): ("PrivateApplicationResponse", False),
     ("POST", f"{API}/channels/{{channel_id}}/messages"): ("MessageResponse", False),
     ("POST", f"{API}/interactions/{{interaction_id}}/{{token}}/callback"): (
         "InteractionCallbackResponse",
@@ -90,6 +96,15 @@ ROUTES: dict[tuple[str, str], tuple[str | None, bool]] = {
     ("POST", TOKEN): ("json-schema:OAUTH2_TOKEN_RESPONSE", False),
     ("GET", f"{API}/users/@me/guilds"): ("MyGuildResponse", True),
     ("GET", f"{API}/users/@me/guilds/{{guild_id}}/member"): ("PrivateGuildMemberResponse", False),
+    # moderation (discord_sim/moderation.py): edit a message, ban, kick, timeout
+    ("PATCH", f"{API}/channels/{{channel_id}}/messages/{{message_id}}"): ("MessageResponse", False),
+    ("GET", f"{API}/channels/{{channel_id}}/messages/{{message_id}}"): ("MessageResponse", False),
+    ("POST", f"{API}/channels/{{channel_id}}/threads"): ("CreatedThreadResponse", False),
+    ("PUT", f"{API}/channels/{{channel_id}}/thread-members/{{user_id}}"): (None, False),
+    ("PATCH", f"{API}/channels/{{channel_id}}"): ("ThreadResponse", False),
+    ("PUT", f"{API}/guilds/{{guild_id}}/bans/{{user_id}}"): (None, False),
+    ("DELETE", f"{API}/guilds/{{guild_id}}/members/{{user_id}}"): (None, False),
+    ("PATCH", f"{API}/guilds/{{guild_id}}/members/{{user_id}}"): ("GuildMemberResponse", False),
 }
 
 
@@ -142,6 +157,100 @@ def served_routes(
         else:
             aliases.add((route.method, API + path.removeprefix("/api")))
     return out, wildcard, aliases
+
+
+@contextlib.asynccontextmanager
+async def interactions_endpoint(
+    sim: RunningSim, verifies: Any, status: int = 200
+) -> AsyncIterator[tuple[str, list[bool]]]:
+    """An app's Interactions Endpoint URL on loopback: answers PING with ``{"type": 1}``
+    and, while ``verifies()``, a bad signature with 401 (as Discord's docs require).
+    Yields its URL and one entry per request (was the signature good?)."""
+    key = VerifyKey(bytes.fromhex(sim.sim.signer.public_key_hex))
+    seen: list[bool] = []
+
+    async def endpoint(request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            key.verify(
+                request.headers["X-Signature-Timestamp"].encode() + raw,
+                bytes.fromhex(request.headers["X-Signature-Ed25519"]),
+            )
+            seen.append(True)
+        except (BadSignatureError, KeyError, ValueError):
+            seen.append(False)
+            if verifies():
+                return web.json_response({"error": "invalid request signature"}, status=401)
+        if status != 200:
+            return web.json_response({"error": "down"}, status=status)
+        return web.Response(text='{"type": 1}', content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/interactions", endpoint)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}/interactions", seen
+    finally:
+        await runner.cleanup()
+
+
+async def test_interactions_endpoint_url_is_checked_when_saved(sim: RunningSim) -> None:
+    """PATCH /applications/@me runs Discord's save-time checks (a signed PING must get
+    {"type": 1}, a bad signature 401): happy, then a careless app (accepts anything), a
+    URL off loopback (never called), a malformed body, and an endpoint that is down."""
+    bot = {"Authorization": f"Bot {sim.sim.bot_token}"}
+    me = f"{API}/applications/@me"
+    async with aiohttp.ClientSession(sim.url) as http:
+
+        async def patch(body: Any, status: int) -> Any:
+            async with http.patch(me, json=body, headers=bot) as r:
+                assert r.status == status, await r.text()
+                assert r.headers["Content-Type"] == "application/json"
+                return await r.json()
+
+        async with interactions_endpoint(sim, lambda: True) as (good, seen):
+            assert (await patch({"interactions_endpoint_url": good}, 200))[
+                "interactions_endpoint_url"
+            ] == good
+            assert seen == [True, False]  # a signed PING, then a badly signed one
+            guild = next(iter(sim.sim.world.guilds))
+            # interactions now go to the saved URL (a cut-over switches traffic with it)
+            async with http.post(
+                "/control/interactions", json={"guild_id": str(guild), "command": "modreport"}
+            ) as r:
+                assert r.status == 200 and (await r.json())["status"] == 200
+            assert seen == [True, False, True]
+        async with interactions_endpoint(sim, lambda: False) as (careless, _):
+            refused = await patch({"interactions_endpoint_url": careless}, 400)
+        assert refused["code"] == 50035
+        assert refused["errors"]["interactions_endpoint_url"]["_errors"][0]["code"] == (
+            "APPLICATION_INTERACTIONS_ENDPOINT_URL_INVALID"
+        )
+        calls = len(sim.sim.calls)
+        await patch({"interactions_endpoint_url": "https://example.com/interactions"}, 400)
+        await patch({"interactions_endpoint_url": 5}, 400)
+        await patch([1], 400)
+        async with http.patch(me, json={"interactions_endpoint_url": good}) as r:
+            assert r.status == 401  # no bot token
+        async with interactions_endpoint(sim, lambda: True, status=503) as (down, _):
+            await patch({"interactions_endpoint_url": down}, 400)
+        dead = f"http://127.0.0.1:{free_port()}/interactions"
+        await patch({"interactions_endpoint_url": dead}, 400)
+        assert len(sim.sim.calls) > calls
+        # nothing half-applied: the last good URL stands until cleared
+        async with http.get(f"{API}/oauth2/applications/@me", headers=bot) as r:
+            assert (await r.json())["interactions_endpoint_url"] == good
+        assert (await patch({"interactions_endpoint_url": None}, 200))[
+            "interactions_endpoint_url"
+        ] is None
+        async with http.post(
+            "/control/interactions", json={"guild_id": str(guild), "command": "modreport"}
+        ) as r:
+            assert r.status == 400  # nowhere to send it
 
 
 @pytest.fixture
@@ -226,6 +335,16 @@ async def test_every_rest_answer_validates_against_discords_openapi(sim: Running
         w = Walk(http)
         for route in (f"{API}/users/@me", f"{API}/oauth2/applications/@me", f"{API}/gateway/bot"):
             await w.call("GET", route, route, headers=bot)
+        async with interactions_endpoint(sim, lambda: True) as (good, _):
+            me = f"{API}/applications/@me"
+            saved = await w.call(
+                "PATCH", me, me, json={"interactions_endpoint_url": good}, headers=bot
+            )
+            assert saved["interactions_endpoint_url"] == good
+        async with interactions_endpoint(sim, lambda: False) as (careless, _):
+            await w.error(
+                "PATCH", me, 400, json={"interactions_endpoint_url": careless}, headers=bot
+            )
         await w.call(
             "POST",
             f"{API}/channels/{{channel_id}}/messages",
@@ -233,6 +352,7 @@ async def test_every_rest_answer_validates_against_discords_openapi(sim: Running
             json={"content": "hello"},
             headers=bot,
         )
+        await moderation_walk(w, sim, guild, channel, bot)
         # application commands, global and per guild: the whole life cycle
         for template, scope in (
             (CMDS, f"{API}/applications/{app_id}/commands"),
@@ -387,6 +507,113 @@ async def test_every_rest_answer_validates_against_discords_openapi(sim: Running
         if json_schema_errors(DISCORD_ERROR, body)
     }
     assert not bad_errors, json.dumps(bad_errors, indent=1)
+
+
+async def moderation_walk(w: Walk, sim: RunningSim, guild: Any, channel: int, bot: Any) -> None:
+    """A message with buttons (and its nonce), its edit, a timeout, a kick and a ban."""
+    msgs = f"{API}/channels/{{channel_id}}/messages"
+    buttons = [
+        {
+            "type": 1,
+            "components": [{"type": 2, "style": 4, "label": "Ban", "custom_id": "esc-vote|x|ban"}],
+        }
+    ]
+    body = {"content": "vote", "components": buttons, "nonce": "n1", "enforce_nonce": True}
+    first = await w.call("POST", msgs, f"{API}/channels/{channel}/messages", json=body, headers=bot)
+    again = await w.call("POST", msgs, f"{API}/channels/{channel}/messages", json=body, headers=bot)
+    assert again["id"] == first["id"], "enforce_nonce: the first message, no second one"
+    assert first["components"][0]["components"][0]["custom_id"] == "esc-vote|x|ban"
+    edit = f"{API}/channels/{{channel_id}}/messages/{{message_id}}"
+    edited = await w.call(
+        "PATCH",
+        edit,
+        f"{API}/channels/{channel}/messages/{first['id']}",
+        json={"content": "closed", "components": []},
+        headers=bot,
+    )
+    assert edited["content"] == "closed" and edited["components"] == []
+    await w.error("PATCH", f"{API}/channels/{channel}/messages/1", 404, json={}, headers=bot)
+    voter = next(m for m in guild.members if m not in (guild.owner.id, sim.sim.world.bot.id))
+    async with w.http.post(
+        "/control/reactions",
+        json={
+            "guild_id": str(guild.id),
+            "channel_id": str(channel),
+            "message_id": first["id"],
+            "user_id": str(voter),
+            "emoji": "⭐",
+        },
+    ) as r:
+        assert r.status == 200 and (await r.json())["count"] == 1
+    read = await w.call(
+        "GET", edit, f"{API}/channels/{channel}/messages/{first['id']}", headers=bot
+    )
+    assert read["reactions"][0]["count"] == 1 and read["reactions"][0]["emoji"]["name"] == "⭐"
+    await w.error("GET", f"{API}/channels/{channel}/messages/1", 404, headers=bot)
+    threads = f"{API}/channels/{{channel_id}}/threads"
+    thread = await w.call(
+        "POST",
+        threads,
+        f"{API}/channels/{channel}/threads",
+        201,
+        json={"name": "user logs", "type": 11, "auto_archive_duration": 10080},
+        headers=bot,
+    )
+    in_thread = await w.call(
+        "POST", msgs, f"{API}/channels/{thread['id']}/messages", json={"content": "x"}, headers=bot
+    )
+    assert in_thread["channel_id"] == thread["id"]
+    await w.error("POST", f"{API}/channels/1/threads", 404, json={"name": "x"}, headers=bot)
+    users = [m for m in guild.members if m not in (guild.owner.id, sim.sim.world.bot.id)]
+    await w.call(
+        "PUT",
+        f"{API}/channels/{{channel_id}}/thread-members/{{user_id}}",
+        f"{API}/channels/{thread['id']}/thread-members/{users[2]}",
+        204,
+        headers=bot,
+    )
+    await w.error("PUT", f"{API}/channels/{thread['id']}/thread-members/1", 404, headers=bot)
+    closed = await w.call(
+        "PATCH",
+        f"{API}/channels/{{channel_id}}",
+        f"{API}/channels/{thread['id']}",
+        json={"archived": True, "locked": True},
+        headers=bot,
+    )
+    assert closed["thread_metadata"]["archived"] and closed["thread_metadata"]["locked"]
+    await w.error("PATCH", f"{API}/channels/1", 404, json={"archived": True}, headers=bot)
+    await w.error("POST", f"{API}/channels/{channel}/threads", 400, json={}, headers=bot)
+    member = f"{API}/guilds/{{guild_id}}/members/{{user_id}}"
+    until = "2030-01-01T00:00:00.000000+00:00"
+    timed = await w.call(
+        "PATCH",
+        member,
+        f"{API}/guilds/{guild.id}/members/{users[0]}",
+        json={"communication_disabled_until": until},
+        headers=bot,
+    )
+    assert timed["communication_disabled_until"] == until
+    await w.call("DELETE", member, f"{API}/guilds/{guild.id}/members/{users[0]}", 204, headers=bot)
+    await w.error("DELETE", f"{API}/guilds/{guild.id}/members/{users[0]}", 404, headers=bot)
+    ban = f"{API}/guilds/{{guild_id}}/bans/{{user_id}}"
+    await w.call("PUT", ban, f"{API}/guilds/{guild.id}/bans/{users[1]}", 204, json={}, headers=bot)
+    await w.error("PUT", f"{API}/guilds/1/bans/{users[1]}", 404, json={}, headers=bot)
+    assert sim.sim.moderation is not None and users[1] in sim.sim.moderation.bans[guild.id]
+    # nobody bans the owner: 403 Missing Permissions (features review)
+    owner_ban = f"{API}/guilds/{guild.id}/bans/{guild.owner.id}"
+    assert (await w.error("PUT", owner_ban, 403, json={}, headers=bot))["code"] == 50013
+    # /control/faults: a 5xx in Discord's error shape, then a 429 as Discord sends it
+    for status in (500, 429):
+        async with w.http.post(
+            "/control/faults", json={"method": "PUT", "path": "/bans/", "status": status}
+        ) as r:
+            assert r.status == 200
+    await w.error("PUT", f"{API}/guilds/{guild.id}/bans/{users[2]}", 500, json={}, headers=bot)
+    async with w.http.put(f"{API}/guilds/{guild.id}/bans/{users[2]}", json={}, headers=bot) as r:
+        limited = await r.json()
+        assert r.status == 429 and r.headers["Via"] and int(r.headers["Retry-After"]) >= 1
+    assert limited["retry_after"] > 0 and limited["global"] is False and limited["message"]
+    assert users[2] not in sim.sim.moderation.bans[guild.id]  # a refused call did nothing
 
 
 async def oauth_user_token(

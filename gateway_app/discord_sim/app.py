@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import secrets
@@ -21,9 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import yarl
 from aiohttp import WSMsgType, web
 
-from . import commands, oauth
+from . import commands, moderation, oauth, persist
 from .signing import Signer
 from .world import Guild, IdentifyLimits, World, iso
 
@@ -49,6 +51,15 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.Response(
         body=json.dumps(data).encode(), status=status, headers={"Content-Type": "application/json"}
     )
+
+
+def _form_error(field: str, code: str, message: str) -> web.Response:
+    """Discord's 400 for a refused form field (code 50035, Invalid Form Body)."""
+    errors = {"_errors": [{"code": code, "message": message}]}
+    body = {"message": "Invalid Form Body", "code": 50035, "errors": {field: errors}}
+    if field == "_errors":
+        body["errors"] = errors
+    return _json(body, 400)
 
 
 class GatewaySocket(web.WebSocketResponse):
@@ -133,8 +144,10 @@ class DiscordSim:
         self.identifies: list[dict[str, Any]] = []
         self.base_url = ""
         self.oauth: oauth.OAuth | None = None  # set by build_sim_app
+        self.moderation: moderation.ModerationState | None = None  # set by build_sim_app
         self._writers: set[asyncio.Task[None]] = set()
         self._http: aiohttp.ClientSession | None = None
+        self.interactions_endpoint_url: str | None = None  # PATCH /applications/@me
 
     # -- fan-out -----------------------------------------------------------------------------
 
@@ -478,7 +491,7 @@ class DiscordSim:
                 "flags": 0,
                 "flags_new": "0",
                 "redirect_uris": [],
-                "interactions_endpoint_url": None,
+                "interactions_endpoint_url": self.interactions_endpoint_url,
                 "role_connections_verification_url": None,
                 "approximate_guild_count": len(self.world.guilds),
                 "approximate_user_install_count": 0,
@@ -488,6 +501,74 @@ class DiscordSim:
                 "eligible_oauth2_scopes": [],
             }
         )
+
+    async def update_application(self, request: web.Request) -> web.Response:
+        """PATCH /applications/@me: Discord's save-time check of ``interactions_endpoint_url``
+        (docs: interactions/overview, "Setting Up an Endpoint"): a signed PING must get 200
+        ``{"type": 1}``, and a request with a bad signature must get 401; otherwise 400 and
+        the old URL stays. Loopback URLs only (the simulator calls nothing else). Other
+        fields are accepted and ignored."""
+        body = await self._body(request)
+        self.record(request, body)
+        if not isinstance(body, dict):
+            return _form_error("_errors", "BASE_TYPE_REQUIRED", "This field is required")
+        if "interactions_endpoint_url" in body:
+            url = body["interactions_endpoint_url"] or None
+            if url is not None:
+                if not isinstance(url, str) or len(url) > 2048:
+                    return _form_error(
+                        "interactions_endpoint_url",
+                        "URL_TYPE_INVALID_URL",
+                        "Not a well formed URL.",
+                    )
+                problem = await self._check_endpoint(url)
+                if problem:
+                    return _form_error(
+                        "interactions_endpoint_url",
+                        "APPLICATION_INTERACTIONS_ENDPOINT_URL_INVALID",
+                        f"The specified interactions endpoint url could not be verified: {problem}",
+                    )
+            self.interactions_endpoint_url = url
+        return await self.application_me(request)
+
+    async def _check_endpoint(self, url: str) -> str:
+        """What Discord does before saving an endpoint; '' when it passes."""
+        try:
+            parsed = yarl.URL(url)
+            host = ipaddress.ip_address(parsed.host or "")
+        except ValueError:
+            return "not a loopback http(s) URL"
+        if parsed.scheme not in ("http", "https") or not host.is_loopback:
+            return "not a loopback http(s) URL"
+        app_id = str(self.world.application_id)
+        ping = {
+            "id": str(1 << 40),
+            "application_id": app_id,
+            "type": 1,
+            "token": "ping",
+            "version": 1,
+        }
+        raw = json.dumps(ping).encode()
+        good = self.signer.headers(raw, None)
+        bad = dict(good)
+        sig = bad["X-Signature-Ed25519"]
+        bad["X-Signature-Ed25519"] = ("1" if sig[0] == "0" else "0") + sig[1:]
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        timeout = aiohttp.ClientTimeout(total=3)  # Discord's answer window for interactions
+        try:
+            async with self._http.post(url, data=raw, headers=good, timeout=timeout) as r:
+                text = await r.text()
+                if r.status != 200 or r.content_type != "application/json":
+                    return f"PING got HTTP {r.status} {r.content_type}"
+                if json.loads(text) != {"type": 1}:
+                    return 'PING was not answered with {"type": 1}'
+            async with self._http.post(url, data=raw, headers=bad, timeout=timeout) as r:
+                if r.status != 401:
+                    return f"a bad signature got HTTP {r.status}, not 401"
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return f"{type(exc).__name__}: {exc}"[:200]
+        return ""
 
     async def gateway_bot(self, request: web.Request) -> web.Response:
         self.record(request, None)
@@ -519,15 +600,24 @@ class DiscordSim:
             )
         channel_id = int(request.match_info["channel_id"])
         guild = next((g for g in self.world.guilds.values() if channel_id in g.channels), None)
+        assert self.moderation is not None
+        guild = guild or self.moderation.guild_of_channel(channel_id)  # a thread
         if guild is None:
             return _json({"message": "Unknown Channel", "code": 10003}, 404)
         content = (body or {}).get("content", "") if isinstance(body, dict) else ""
+        earlier = self.moderation.deduplicated(body)  # enforce_nonce: the first one, no new one
+        if earlier is not None:
+            return _json(earlier)
         message = self.world.message(guild, channel_id, self.world.bot.id, content)
         if isinstance(body, dict) and body.get("embeds"):
             message["embeds"] = body["embeds"]
+        # kept with its components and nonce (moderation.py); guild_id and member are
+        # gateway-only extras of MESSAGE_CREATE, not in REST answers
+        rest = self.moderation.created_message(body, message)
+        message["components"] = rest["components"]
+        self.world.remember(message)
         self.dispatch(guild.id, "MESSAGE_CREATE", message)
-        # guild_id and member are gateway-only extras of MESSAGE_CREATE, not in REST answers
-        return _json({k: v for k, v in message.items() if k not in ("guild_id", "member")})
+        return _json(rest)
 
     async def interaction_callback(self, request: web.Request) -> web.Response:
         body = await self._body(request)
@@ -664,6 +754,7 @@ class DiscordSim:
                     ]
                 )
                 message = self.world.message(guild, channel, user, content)
+                self.world.remember(message)
                 self.dispatch(guild.id, "MESSAGE_CREATE", message)
                 sent += 1
                 if len(ids) < 1000:
@@ -711,7 +802,22 @@ class DiscordSim:
         guild = self._guild(body.get("guild_id"))
         user_id = int(body.get("user_id") or guild.owner.id)
         target = None
-        if body.get("target_message"):
+        stored = None
+        if body.get("target_message_id") is not None:
+            try:
+                stored = self.world.stored_message(int(body["target_message_id"]))
+            except (TypeError, ValueError):
+                return _json({"error": "target_message_id must be a message id"}, 400)
+        if stored is not None:  # a message that was sent: Discord resolves that one
+            if stored[0].id != guild.id:
+                return _json(
+                    {"error": f"message {body['target_message_id']} is in guild {stored[0].id}"},
+                    400,
+                )
+            target = stored[1]
+        elif body.get("require_target"):  # the CLI: only messages that exist, as on Discord
+            return _json({"message": "Unknown Message", "code": 10008}, 404)
+        elif body.get("target_message"):
             target = body["target_message"]
         elif body.get("target_message_id"):
             author = int(
@@ -733,11 +839,15 @@ class DiscordSim:
             kind=int(body.get("kind", 1)),
             options=options,
             target_message=target,
+            channel_id=int(stored[1]["channel_id"]) if stored is not None else None,
         )
         if body.get("payload_override"):
             payload.update(body["payload_override"])
+        url = body.get("url") or self.interactions_endpoint_url  # as saved by PATCH, if unset
+        if not isinstance(url, str):
+            return _json({"error": "no url given and no interactions endpoint URL saved"}, 400)
         status, text, elapsed = await self.send_webhook(
-            body["url"], payload, timestamp=body.get("timestamp"), tamper=bool(body.get("tamper"))
+            url, payload, timestamp=body.get("timestamp"), tamper=bool(body.get("tamper"))
         )
         return _json(
             {
@@ -875,6 +985,7 @@ def build_sim_app(sim: DiscordSim) -> web.Application:
     r.add_get(f"{api}/users/@me", sim.users_me)
     r.add_get(f"{api}/oauth2/applications/@me", sim.application_me)
     r.add_get(f"{api}/gateway/bot", sim.gateway_bot)
+    r.add_patch(f"{api}/applications/@me", sim.update_application)
     r.add_post(f"{api}/channels/{{channel_id}}/messages", sim.create_message)
     r.add_post(
         f"{api}/interactions/{{interaction_id}}/{{token}}/callback", sim.interaction_callback
@@ -887,6 +998,8 @@ def build_sim_app(sim: DiscordSim) -> web.Application:
         )
     r.add_post(f"{api}/webhooks/{{app_id}}/{{token}}", sim.webhook_message)
     commands.install(app, sim)  # application commands (commands.py), before the catch-all
+    app.middlewares.append(persist.mark_changes)  # saved worlds (persist.py) see every change
+    sim.moderation = moderation.install(app, sim)  # messages, bans, members (moderation.py)
     r.add_route("*", f"{api}/{{tail:.*}}", sim.unknown)
     r.add_post("/control/guilds", sim.control_create_guilds)
     r.add_get("/control/guilds", sim.control_guilds)

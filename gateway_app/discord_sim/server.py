@@ -6,11 +6,13 @@ import argparse
 import asyncio
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
 from . import commands
 from .app import PRIVILEGED, DiscordSim, build_sim_app
+from .persist import PERSISTER_KEY, Persister
 from .world import IdentifyLimits
 
 log = logging.getLogger("modbot.sim")
@@ -21,6 +23,7 @@ class RunningSim:
     sim: DiscordSim
     runner: web.AppRunner
     url: str
+    persister: Persister | None = None
 
     @property
     def api_url(self) -> str:
@@ -31,6 +34,8 @@ class RunningSim:
         return f"{self.url.replace('http', 'ws', 1)}/gw"
 
     async def stop(self) -> None:
+        if self.persister is not None:
+            await self.persister.stop()  # the last changes, before the world goes away
         await self.runner.cleanup()
 
 
@@ -48,7 +53,10 @@ async def start_sim(
     privileged_intents: str = "members,message_content,presences",
     resume_window: float | None = None,
     require_commands: bool = True,
+    state_file: str = "",
 ) -> RunningSim:
+    """Start a simulator; with ``state_file``, its world is loaded from there (seeded and
+    saved when the file does not exist yet) and saved after every change."""
     from .settings import TEST_SIGNING_SEED
 
     sim = DiscordSim(
@@ -64,17 +72,29 @@ async def start_sim(
     )
     if resume_window is not None:
         sim.resume_window = resume_window
-    for i in range(seed_guilds):
-        sim.world.create_guild(f"guild-{i + 1}")
     app = build_sim_app(sim)
-    commands.registry(app).enforce = require_commands  # Discord's rule unless told otherwise
+    registry = commands.registry(app)
+    registry.enforce = require_commands  # Discord's rule unless told otherwise
+    persister = None
+    if state_file:
+        persister = Persister(sim, registry, Path(state_file))
+        restored = persister.restore()  # StateFileError: the caller says which file, and why
+        registry.enforce = require_commands
+        app[PERSISTER_KEY] = persister
+    if persister is None or not restored:
+        for i in range(seed_guilds):
+            sim.world.create_guild(f"guild-{i + 1}")
+        if persister is not None:
+            persister.mark()
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
     bound = runner.addresses[0][1] if port == 0 else port
     sim.base_url = f"http://{host}:{bound}"
-    return RunningSim(sim, runner, sim.base_url)
+    if persister is not None:
+        persister.start()
+    return RunningSim(sim, runner, sim.base_url, persister)
 
 
 def privileged_mask(names: str) -> int:
@@ -103,6 +123,7 @@ async def serve(args: argparse.Namespace) -> None:
         privileged_intents=args.privileged_intents,
         resume_window=args.resume_window,
         require_commands=args.require_commands,
+        state_file=args.state_file,
     )
     log.info(
         "discord simulator on %s (REST %s, gateway %s, public key %s)",
@@ -123,14 +144,18 @@ def run(args: argparse.Namespace) -> int:
     from config_store.client.observability import setup_logging
     from config_store.runtime import run_forever
 
+    from .persist import StateFileError, verify
+
     try:  # bad limits are an operator error: one line, non-zero exit, nothing started
+        if args.state_file:
+            verify(Path(args.state_file), args.application_id)  # refused before listening
         privileged_mask(args.privileged_intents)
         IdentifyLimits(
             total=args.session_start_total,
             max_concurrency=args.max_concurrency,
             reset_seconds=args.session_start_reset,
         )
-    except ValueError as exc:
+    except (ValueError, StateFileError) as exc:
         print(f"modbot-ring serve discord-sim: {exc}", file=sys.stderr)
         return 2
 

@@ -19,7 +19,22 @@ SERVE_FLAGS = [
     ),
     Flag("bot-token", "MODBOT_SIM_BOT_TOKEN", "sim-token", "bot token the simulator accepts"),
     Flag("application-id", "MODBOT_SIM_APPLICATION_ID", 900000000000000001, "application id", int),
-    Flag("seed-guilds", "MODBOT_SIM_SEED_GUILDS", 0, "guilds to create at start", int),
+    Flag(
+        "seed-guilds",
+        "MODBOT_SIM_SEED_GUILDS",
+        0,
+        "guilds to create at start (not when --state-file holds a world)",
+        int,
+    ),
+    Flag(
+        "state-file",
+        "MODBOT_SIM_STATE_FILE",
+        "",
+        "keep the world (guilds, members, messages, commands, sign-in users and tokens, and"
+        " the moderation state: the bot's messages, reactions, bans, timeouts, threads, the"
+        " audit log) in this JSON file: loaded at start, saved after changes (unset: in"
+        " memory only)",
+    ),
     Flag(
         "resume-window",
         "MODBOT_SIM_RESUME_WINDOW",

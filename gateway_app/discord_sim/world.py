@@ -6,13 +6,14 @@ spreads guilds over shards as it does on Discord.
 
 from __future__ import annotations
 
-import itertools
 import random
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
 DISCORD_EPOCH_MS = 1420070400000
+MESSAGES_KEPT = 2000  # recent messages the world remembers (context menus name one by id)
 ADMINISTRATOR = 1 << 3
 EVERYONE_PERMISSIONS = (1 << 10) | (1 << 11) | (1 << 16)  # view, send, read history
 
@@ -21,14 +22,15 @@ class Snowflakes:
     """Unique, increasing snowflakes; ``random_time`` spreads their shard bits."""
 
     def __init__(self, seed: int = 0) -> None:
-        self._counter = itertools.count(1)
+        self.counter = 0  # the increment bits; persisted, so a reloaded world goes on from it
         self._rng = random.Random(seed)
 
     def next(self, *, random_time: bool = False) -> int:
         ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
         if random_time:  # a guild created some time in the last ~5 years
             ms -= self._rng.randrange(0, 5 * 365 * 86400 * 1000)
-        return (ms << 22) | (next(self._counter) & 0x3FFFFF)
+        self.counter += 1
+        return (ms << 22) | (self.counter & 0x3FFFFF)
 
 
 def iso(ts: float | None = None) -> str:
@@ -186,6 +188,9 @@ class World:
         # interaction token -> (channel id, message type of its response), newest last, so
         # webhook answers name the interaction's channel; bounded like Discord's 15 min tokens
         self.interaction_channels: dict[str, tuple[int, int]] = {}
+        # message id -> (guild, channel, author, content, timestamp): the newest
+        # MESSAGES_KEPT, so a message context menu can name a message that was sent
+        self.messages: OrderedDict[int, tuple[int, int, int, str, str]] = OrderedDict()
 
     def create_guild(
         self,
@@ -219,22 +224,62 @@ class World:
         except KeyError:
             raise KeyError(f"no guild {guild_id} in the simulator") from None
 
+    def remember(self, message: dict[str, Any]) -> None:
+        """Keep a sent message (the newest MESSAGES_KEPT), as Discord keeps channel history."""
+        self.messages[int(message["id"])] = (
+            int(message["guild_id"]),
+            int(message["channel_id"]),
+            int(message["author"]["id"]),
+            str(message["content"]),
+            str(message["timestamp"]),
+        )
+        while len(self.messages) > MESSAGES_KEPT:
+            self.messages.popitem(last=False)
+
+    def stored_message(self, message_id: int) -> tuple[Guild, dict[str, Any]] | None:
+        """A remembered message and its guild, in the REST shape (no ``guild_id``/``member``:
+        what ``resolved.messages`` of a message command carries)."""
+        entry = self.messages.get(message_id)
+        if entry is None or entry[0] not in self.guilds:
+            return None
+        guild_id, channel_id, author_id, content, timestamp = entry
+        guild = self.guilds[guild_id]
+        payload = self.message(
+            guild, channel_id, author_id, content, message_id=message_id, timestamp=timestamp
+        )
+        payload.pop("guild_id")
+        payload.pop("member", None)
+        return guild, payload
+
     # -- event payloads ----------------------------------------------------------------------
 
     def message(
-        self, guild: Guild, channel_id: int, author_id: int, content: str
+        self,
+        guild: Guild,
+        channel_id: int,
+        author_id: int,
+        content: str,
+        *,
+        message_id: int | None = None,
+        timestamp: str | None = None,
     ) -> dict[str, Any]:
-        user, _roles = guild.members[author_id]
-        member = guild.member_payload(author_id)
-        member.pop("user")
+        """A MESSAGE_CREATE payload (the REST shape plus ``guild_id`` and ``member``)."""
+        extra: dict[str, Any] = {}
+        if author_id in guild.members:
+            user, _roles = guild.members[author_id]
+            member = guild.member_payload(author_id)
+            member.pop("user")
+            extra["member"] = member
+        else:  # the author left the guild since: Discord still shows the user
+            user = User(author_id, "deleted-user")
         return {
-            "id": str(self.ids.next()),
+            "id": str(message_id or self.ids.next()),
             "channel_id": str(channel_id),
             "guild_id": str(guild.id),
             "author": user.payload(),
-            "member": member,
+            **extra,
             "content": content,
-            "timestamp": iso(),
+            "timestamp": timestamp or iso(),
             "edited_timestamp": None,
             "tts": False,
             "mention_everyone": False,
