@@ -65,6 +65,7 @@ from .store import (
 )
 
 log = logging.getLogger("modbot.config.migrator")
+SHARD_SWEEPS = 5  # listings of a shard's guilds on its source during one shard move
 
 # What a plan's LOAD numbers are (printed by `plan`; /ops shows the balancer's events/s).
 LOAD_UNIT = "events/s (a guild a pod holds counts at least 1)"
@@ -590,16 +591,27 @@ class Migrator:
             raise Invalid("shard moves need a shard-keyed table")
         if table.shard_owner(shard) == target:
             return  # done before (a resumed plan)
-        held = await self._pod(source, "GET", "/internal/guilds")
-        guilds = [
-            int(g)
-            for g in held["guilds"]
-            if shard_for(int(g), count) == shard and table.owner(int(g)) == source
-        ]
-        for gid in guilds:
-            if plan_id in self.cancelled_plans:
-                return
-            await self._move_guild(gid, target, actor, plan_id)
+        # listed again after each pass: a guild whose first rows land on the source while
+        # earlier ones move would otherwise stay there when the shard flips, and the
+        # target would start a second copy of it (verify cannot merge those)
+        tried: set[int] = set()
+        for _ in range(SHARD_SWEEPS):
+            held = await self._pod(source, "GET", "/internal/guilds")
+            table = await self._table()
+            guilds = [
+                int(g)
+                for g in held["guilds"]
+                if shard_for(int(g), count) == shard
+                and table.owner(int(g)) == source
+                and int(g) not in tried
+            ]
+            if not guilds:
+                break
+            for gid in guilds:
+                if plan_id in self.cancelled_plans:
+                    return
+                tried.add(gid)
+                await self._move_guild(gid, target, actor, plan_id)
         table = await self._table()
         # every guild of the shard carried over by a pin (this run's and an interrupted
         # run's): the shard assignment makes those pins redundant

@@ -175,3 +175,58 @@ async def test_drain_on_a_guild_keyed_ring_pins_what_the_pod_holds(pg_schema):
         finally:
             for runner in runners:
                 await runner.cleanup()
+
+
+@pytest.mark.slow
+async def test_a_guild_first_written_while_its_shard_moves_moves_with_it(tmp_path, pg_schema):
+    """A shard move lists the source's guilds, moves them one by one, then flips the shard.
+    A guild whose first rows land on the source after that listing (a quiet guild that
+    wakes up mid-drain) must move too: left behind, the target would start a second copy
+    of it when the shard flips, and `verify --repair` refuses to merge two copies."""
+    extra = ["--migration-step-delay", "1.0"]  # a window of seconds between listing and flip
+    async with stack_with_config_process(tmp_path, pg_schema, pods=3, guilds=12, extra=extra) as (
+        stack,
+        config,
+    ):
+        await stack.converge()
+        table = stack.proxy.tables.table
+        count = table.shard_count
+        assert count
+        gids = [int(g) for g in stack.world.guilds]
+        by_shard: dict[tuple[str, int], list[int]] = {}
+        for g in gids:
+            by_shard.setdefault((table.owner(g), (g >> 22) % count), []).append(g)
+        # a shard of one pod with two guilds: one written now, one only once the drain runs
+        (victim, _), pair = max(by_shard.items(), key=lambda kv: len(kv[1]))
+        assert len(pair) >= 2, by_shard  # 12 guilds on 4 shards: some shard holds two
+        early, late = pair[0], pair[1]
+        others = [g for g in gids if g != late]
+        async with stack.http.post(
+            f"{stack.sim.url}/control/messages",
+            json={"guild_ids": [str(g) for g in others], "count": MESSAGES},
+        ) as r:
+            assert r.status == 200
+        await eventually(lambda: total(stack, MESSAGES * len(others)), timeout=30)
+        assert stack.pods[victim].message_counts().get(early) == MESSAGES
+        assert late not in stack.pods[victim].message_counts()
+
+        drain = asyncio.create_task(cli(config.url, "drain", victim, "--apply", "--yes"))
+
+        async def early_is_moving() -> bool:
+            t = stack.proxy.tables.table
+            return early in t.migrating or t.pins.get(early) not in (None, victim)
+
+        await eventually(early_is_moving, timeout=60, interval=0.05)
+        async with stack.http.post(  # the quiet guild wakes up: its first rows, on the victim
+            f"{stack.sim.url}/control/messages",
+            json={"guild_ids": [str(late)], "count": MESSAGES},
+        ) as r:
+            assert r.status == 200
+        code, out, err = await drain
+        assert code == 0 and "done" in out, (code, out, err)
+        await stack.converge()
+
+        await eventually(lambda: total(stack, MESSAGES * len(gids)), timeout=30)
+        assert not stack.pods[victim].message_counts(), "the drained pod must hold nothing"
+        code, out, err = await cli(config.url, "verify")
+        assert code == 0 and "clean" in out, (code, out, err)
