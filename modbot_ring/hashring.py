@@ -25,8 +25,8 @@ Two algorithms, one immutable :class:`HashRing`:
 
     Measured (``benchmarks/ring_bench.py``, RESULTS.md; 2 shared vCPUs, CPU seconds):
 
-    * build: 0.02 s at 3 pods, 0.04 s at 10, 0.2 s at 100, 1.1 s at 1,000, the same at
-      weight 1 and 100; peak memory 12 MiB or less. v1 placed 65,536 points per unit of
+    * build: 0.03 s at 3 pods, 0.05 s at 10, 0.2-0.3 s at 100, 1.1-1.5 s at 1,000 (runs
+      on different days), the same at weight 1 and 100; peak memory 12 MiB or less. v1 placed 65,536 points per unit of
       weight: 7.0 s and 463 MiB for 100 pods at weight 1, and 100x that at weight 100.
     * balance (exact key-space shares): peak/mean 1.00-1.02 at 3-12 pods, 1.033 worst
       over 20 pod-name sets of 3-100 pods (v1: 1.014 over ten-pod sets only). A node's

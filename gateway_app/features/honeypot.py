@@ -55,6 +55,15 @@ async def channels_of(runtime: Runtime, guild_id: int) -> frozenset[int]:
     return channels
 
 
+def maybe_trap(guild_id: int, event: dict[str, Any]) -> bool:
+    """Synchronous pre-check: False only when the cached trap list is fresh and the
+    message's channel is not on it (nearly every message: no task is made for it)."""
+    hit = _cache.get(guild_id)
+    if hit is None or time.monotonic() - hit[0] >= CACHE_SECONDS:
+        return True  # unknown: the observer reads the list (and caches it)
+    return int(event.get("channel_id") or 0) in hit[1]
+
+
 async def moderator_role(runtime: Runtime, guild_id: int) -> int | None:
     """Read each time, not cached: only messages in a trap get here, and a role changed by
     ``/setup`` must spare its members at once (a stale copy would ban a new moderator)."""
@@ -89,7 +98,7 @@ def register(tree: app_commands.CommandTree[Any], runtime: Runtime) -> None:
         )
         await refuse(interaction, f"<#{channel.id}> is now a honeypot.")
 
-    runtime.on_event(on_event)
+    runtime.on_event(on_event, "message", maybe_trap)
 
 
 log = logging.getLogger("modbot.features.honeypot")

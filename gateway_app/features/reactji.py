@@ -108,7 +108,7 @@ def register(tree: app_commands.CommandTree[Any], runtime: Runtime) -> None:
         _configs.pop(gid, None)
         await refuse(interaction, f"Messages reaching {threshold} x {emoji} go to <#{channel.id}>.")
 
-    runtime.on_event(on_event)
+    runtime.on_event(on_event, "reaction")
 
 
 async def on_event(runtime: Runtime, gid: int, event: dict[str, Any]) -> None:
