@@ -198,7 +198,9 @@ def _import_us(python: Path) -> int:
 
 
 @SLOW
-def test_library_imports_only_the_standard_library_in_a_fresh_venv(library_venv: LibraryVenv) -> None:
+def test_library_imports_only_the_standard_library_in_a_fresh_venv(
+    library_venv: LibraryVenv,
+) -> None:
     # the time goal (< 100 ms) is a benchmark figure (benchmarks/cli_startup_bench.py,
     # RESULTS.md), not a timed test; here: what makes it cheap, that it imports only the
     # standard library and itself
