@@ -19,9 +19,9 @@ from pathlib import Path
 
 CLI = str(Path(sys.executable).parent / "modbot-ring")
 EAGER = (
-    "import config_store.client.config_api, config_store.devstack, config_store.backup, "
-    "router_proxy.settings, gateway_app.settings, gateway_app.discord_sim.settings\n"
-    "from config_store.cli import main\n"
+    "import modbot_client.config_api, modbot_cli.devstack, config_store.backup, "
+    "router_proxy.settings, gateway_app.settings, discord_sim.settings\n"
+    "from modbot_cli.main import main\n"
     "main(['--help'])"
 )
 CASES = {

@@ -66,7 +66,7 @@ class _Transport:
 
 async def _measure(requests: int, guilds: int) -> float:
     """Median µs of CPU per request over 5 batches, in this process's tree."""
-    from config_store.client.table_client import RoutingTableClient
+    from modbot_client.table_client import RoutingTableClient
     from modbot_ring import RoutingTable
     from modbot_ring.table import Pod
     from router_proxy import proxy as proxy_module

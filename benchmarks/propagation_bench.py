@@ -31,7 +31,7 @@ ADMIN = "bench-admin"
 
 
 async def client_main(args: argparse.Namespace) -> None:
-    from config_store.client.table_client import RoutingTableClient
+    from modbot_client.table_client import RoutingTableClient
 
     client = RoutingTableClient(
         redis_url=args.redis_url,

@@ -2,6 +2,10 @@
 
     python benchmarks/ring_bench.py            # the reported run (1,000,000 keys, 7 rounds)
     python benchmarks/ring_bench.py --quick    # CI smoke: small sizes, same table shape
+    python benchmarks/ring_bench.py --algorithm slots   # the pure-function ring instead
+
+``--algorithm`` (default ``quota``, the control plane's default) picks the ring that
+every section measures; ketama mode is measured in the lookups either way.
 
 Fairness: every rate is measured in interleaved rounds over the same keys (within a
 round, contenders alternate every 10,000 keys, the order rotating) and every ratio is
@@ -22,7 +26,9 @@ import random
 import statistics
 import time
 import tracemalloc
+from collections import Counter
 from collections.abc import Callable, Sequence
+from operator import ne
 
 from uhashring import HashRing as UHashRing  # type: ignore[import-untyped]
 
@@ -96,7 +102,9 @@ def peak_to_mean(ring: HashRing) -> float:
     return max(share[n] / (w / total) for n, w in ring.nodes.items())
 
 
-def build_cost(pods: int, weight: float | str, repeats: int) -> tuple[float, float, float]:
+def build_cost(
+    pods: int, weight: float | str, repeats: int, algorithm: str
+) -> tuple[float, float, float]:
     """Median wall and CPU seconds of ``repeats`` cold builds, and the peak MiB of one
     more build under tracemalloc (which slows what it watches, hence a separate run)."""
     names = [f"gateway-{i}" for i in range(pods)]
@@ -109,13 +117,13 @@ def build_cost(pods: int, weight: float | str, repeats: int) -> tuple[float, flo
         hashring_module._slot_table.cache_clear()
         gc.collect()
         start, start_cpu = time.perf_counter(), time.process_time()
-        HashRing(spec)
+        HashRing(spec, algorithm=algorithm)
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
     hashring_module._slot_table.cache_clear()
     gc.collect()
     tracemalloc.start()
-    HashRing(spec)
+    HashRing(spec, algorithm=algorithm)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     hashring_module._slot_table.cache_clear()
@@ -131,7 +139,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (7)")
     parser.add_argument("--pins", type=int, default=None, help="pins of the big table (1M)")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument(
+        "--algorithm", choices=("quota", "slots"), default="quota", help="the ring measured"
+    )
     args = parser.parse_args(argv)
+    algo = args.algorithm
+
+    def ring(nodes: dict[str, float] | list[str]) -> HashRing:
+        return HashRing(nodes, algorithm=algo)
+
     quick = args.quick
     n_keys = args.keys or (20_000 if quick else 1_000_000)
     rounds = args.rounds or (3 if quick else 7)
@@ -149,7 +165,8 @@ def main(argv: list[str] | None = None) -> None:
 
     print(
         f"# ring_bench{' --quick' if quick else ''}: {n_keys:,} keys, {rounds} interleaved"
-        f" rounds (medians), 10 pods, Python {platform.python_version()}, {platform.machine()}"
+        f" rounds (medians), 10 pods, algorithm {algo},"
+        f" Python {platform.python_version()}, {platform.machine()}"
     )
 
     # -- build cost ---------------------------------------------------------------------
@@ -159,7 +176,7 @@ def main(argv: list[str] | None = None) -> None:
         base_cpu = 0.0
         for weight in (1, 100, "mixed"):
             repeats = 1 if count >= 1000 or weight == "mixed" else 3 if quick else 5
-            seconds, cpu, mib = build_cost(count, weight, repeats)
+            seconds, cpu, mib = build_cost(count, weight, repeats, algo)
             label = "weights 2:1 mixed" if weight == "mixed" else f"weight {weight}"
             base_cpu = base_cpu or cpu
             row(
@@ -176,12 +193,12 @@ def main(argv: list[str] | None = None) -> None:
     print("## lookups: rounds interleaved with uhashring on the same keys")
     uh = UHashRing(PODS)
     pods = [Pod(p) for p in PODS]
-    shard_table = RoutingTable(pods, shard_count=1024, pins=pins)
-    guild_table = RoutingTable(pods, pins=pins)
+    shard_table = RoutingTable(pods, shard_count=1024, pins=pins, algorithm=algo)
+    guild_table = RoutingTable(pods, pins=pins, algorithm=algo)
     big_pins = {rnd.getrandbits(63) or 1: PODS[i % 10] for i in range(n_pins)}
     gc.collect()
     start = time.perf_counter()
-    big = RoutingTable(pods, shard_count=1024, pins=big_pins)
+    big = RoutingTable(pods, shard_count=1024, pins=big_pins, algorithm=algo)
     big_build = time.perf_counter() - start
     ketama = HashRing(PODS, algorithm="ketama")
     short = keys[: max(1, len(keys) // 5)]
@@ -223,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
     worst, worst_set = 0.0, ""
     per_size: list[str] = []
     for names in sets:
-        pm = peak_to_mean(HashRing(names))
+        pm = peak_to_mean(ring(names))
         per_size.append(f"{len(names)}:{pm:.3f}")
         if pm > worst:
             worst, worst_set = pm, f"{len(names)} pods from {names[0]}"
@@ -234,7 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(f"      per set (pods:peak/mean): {' '.join(per_size)}")
     results["balance_worst"] = worst
-    small = [peak_to_mean(HashRing(n)) for n in sets if len(n) <= 30]
+    small = [peak_to_mean(ring(n)) for n in sets if len(n) <= 30]
     row("peak/mean, worst of the sets with <= 30 pods", f"{max(small):.4f}")
     floor, chance = independent_floor([len(n) for n in sets], 50 if quick else 400)
     row(
@@ -247,7 +264,7 @@ def main(argv: list[str] | None = None) -> None:
     row("uhashring peak/mean, 10 pods (sampled keys)", f"{_sampled_pm(uh.get_node, keys):.4f}")
 
     spec = {p: (2.0 if i % 3 == 0 else 1.0) for i, p in enumerate(PODS)}
-    share = HashRing(spec).share()
+    share = ring(spec).share()
     total = sum(spec.values())
     err = max(abs(share[p] / (w / total) - 1) for p, w in spec.items())
     row("weights 2:1 honoured, worst relative error", f"{err * 100:.2f}%", "goal <= 2%")
@@ -255,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
     others = []
     for k in range(1 if quick else 7):
         spec_k = {f"p{k}-{i}": w for i, w in enumerate(spec.values())}
-        share_k = HashRing(spec_k).share()
+        share_k = ring(spec_k).share()
         others.append(max(abs(share_k[p] / (w / total) - 1) for p, w in spec_k.items()))
     row(
         f"  same weights, {len(others)} other ten-pod name sets",
@@ -263,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
         f"median of their worst; max {max(others) * 100:.2f}%",
     )
     for shards in (256, 1024):
-        t = RoutingTable(pods, shard_count=shards)
+        t = RoutingTable(pods, shard_count=shards, algorithm=algo)
         owners = [t.shard_owner(s) for s in range(shards)]
         pm = max(owners.count(p) for p in PODS) / (shards / 10)
         row(
@@ -275,15 +292,15 @@ def main(argv: list[str] | None = None) -> None:
     worst_add = worst_remove = 0.0
     between = 0
     for names in sets:
-        ring = HashRing(names)
-        grown = ring.with_node("joiner-x")
-        moved = ring.moved_fraction(grown)
+        base = ring(names)
+        grown = base.with_node("joiner-x")
+        moved = base.moved_fraction(grown)
         worst_add = max(worst_add, moved * len(grown))
-        between += sum(a != b and b != "joiner-x" for a, b in zip(ring._table, grown._table))
+        between += sum(a != b and b != "joiner-x" for a, b in zip(base._table, grown._table))
         gone = names[len(names) // 2]
-        shrunk = ring.without_node(gone)
-        worst_remove = max(worst_remove, ring.moved_fraction(shrunk) * len(names))
-        between += sum(a != b and a != gone for a, b in zip(ring._table, shrunk._table))
+        shrunk = base.without_node(gone)
+        worst_remove = max(worst_remove, base.moved_fraction(shrunk) * len(names))
+        between += sum(a != b and a != gone for a, b in zip(base._table, shrunk._table))
     row(
         "add one pod: moved / ideal 1/(n+1), worst of the sets",
         f"{worst_add:.3f}x",
@@ -296,10 +313,52 @@ def main(argv: list[str] | None = None) -> None:
     )
     results["add_moved_ratio"], results["remove_moved_ratio"] = worst_add, worst_remove
     results["moved_between_survivors"] = between
+    if algo == "quota":
+        history(rnd, 30 if quick else 200, row, results)
 
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
+
+
+def history(
+    rnd: random.Random, steps: int, row: Callable[..., None], results: dict[str, object]
+) -> None:
+    """A quota ring's placement is derived change by change: after many random adds,
+    removes and re-weightings, is it still exact, and did each step move only what the
+    counts required?"""
+    nodes = {f"gateway-{i}": 1.0 for i in range(10)}
+    current = HashRing(nodes, algorithm="quota")
+    worst_pm, excess, serial = 1.0, 0, 10
+    for _ in range(steps):
+        action = rnd.random()
+        if action < 0.4 or len(nodes) < 4:
+            nodes[f"gateway-{serial}"] = rnd.choice((1.0, 1.0, 2.0, 0.5))
+            serial += 1
+        elif action < 0.75:
+            del nodes[rnd.choice(sorted(nodes))]
+        else:
+            nodes[rnd.choice(sorted(nodes))] = rnd.choice((0.5, 1.0, 2.0, 3.0))
+        after = HashRing(nodes, algorithm="quota", previous=current)
+        before_units, after_units = units(current), units(after)  # 1/16 of the slots
+        old, new = Counter(before_units), Counter(after_units)
+        needed = sum(max(0, new[n] - old.get(n, 0)) for n in new)  # the fewest moves
+        moved = sum(map(ne, before_units, after_units))
+        excess += moved - needed
+        worst_pm = max(worst_pm, peak_to_mean(after))
+        current = after
+    row(
+        f"after {steps} random adds/removes/re-weightings: peak/mean",
+        f"{worst_pm:.4f}",
+        f"worst step; {excess} units moved beyond the fewest each step needed (goal 0)",
+    )
+    results["history_worst_peak_to_mean"], results["history_excess_moves"] = worst_pm, excess
+
+
+def units(ring: HashRing) -> list[str]:
+    """A quota ring's owner of each of its 65,536 units (slot s belongs to unit
+    s % 65,536, so this is the slot table without its 16 repeats)."""
+    return ring._table[: 1 << 16]
 
 
 def independent_floor(sizes: Sequence[int], reps: int) -> tuple[float, float]:

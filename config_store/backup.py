@@ -257,7 +257,7 @@ def client_from_args(args: Any) -> S3Client:
 
 def s3_flags() -> list[Any]:
     """Where backups go: flags and environment variables shared by backup and restore."""
-    from .client.flags import Flag
+    from modbot_runtime.flags import Flag
 
     return [
         Flag(

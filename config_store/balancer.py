@@ -36,10 +36,11 @@ from modbot_ring import (
 )
 from modbot_ring.balance import why_not_plan
 
+from .errors import Conflict, StoreError
 from .loads import collect
 from .migrator import Migrator
 from .publisher import TablePublisher
-from .store import Conflict, MigrationStore, PodRecord, Store, StoreError
+from .store import MigrationStore, PlanRecord, PodRecord, Store
 
 log = logging.getLogger("modbot.balancer")
 
@@ -125,7 +126,7 @@ class Balancer:
         self.view: LoadView | None = None
         self.decision = "waiting for load reports"
         self.scale_out: int | None = None
-        self.waiting: dict[str, Any] | None = None
+        self.waiting: PlanRecord | None = None
         self._hot_labels: set[tuple[str, str]] = set()
         self._filled: set[str] = set()  # empty pods a plan was made for (once each)
         self._task: asyncio.Task[None] | None = None
@@ -170,7 +171,7 @@ class Balancer:
                 log.info("plan %s expired: someone else changed the table", stale)
         proposed = await self.migrations.plans_in_state(("proposed",))
         self.metrics.waiting.set(len(proposed))
-        waiting = [p for p in proposed if p["actor"] == ACTOR]
+        waiting = [p for p in proposed if p.actor == ACTOR]
         if not self.leader or self.settings.mode == "off":
             self.waiting = waiting[0] if waiting else None
             self.decision = "off" if self.settings.mode == "off" else "following the leader"
@@ -199,9 +200,9 @@ class Balancer:
             self.detector.fire_now()
             self._filled.update(joined)
         if busy:
-            self.decision = f"plan {busy[0]['id']} is executing"
+            self.decision = f"plan {busy[0].id} is executing"
         elif self.waiting is not None:
-            self.decision = f"a plan is waiting: modbot-ring apply {self.waiting['id']}"
+            self.decision = f"a plan is waiting: modbot-ring apply {self.waiting.id}"
         elif fire:
             await self._act(view, now, table.version, joined)
         else:
@@ -232,7 +233,7 @@ class Balancer:
         max_moves: int | None = None
         if self.settings.mode == "auto":
             spent = sum(
-                len(p["plan"]["moves"])
+                len(p.plan["moves"])
                 for p in await self.migrations.plans_in_state(
                     ("executing", "done", "failed", "cancelled", "interrupted"),
                     actor=ACTOR,
@@ -301,8 +302,8 @@ class Balancer:
         snapshot = self.publisher.snapshot
         table = None if snapshot is None else snapshot.table
         waiting = self.waiting
-        if waiting is not None and (table is None or waiting["base_version"] == table.version):
-            lines.append(f"a plan is waiting: modbot-ring apply {waiting['id']}")
+        if waiting is not None and (table is None or waiting.base_version == table.version):
+            lines.append(f"a plan is waiting: modbot-ring apply {waiting.id}")
         if self.scale_out is not None:
             lines.append(
                 f"balanced but over capacity (mean {view.mean:.1f} events/s per pod, capacity "
@@ -321,9 +322,9 @@ class Balancer:
         snapshot = self.publisher.snapshot
         if self.waiting is None:
             return None
-        if snapshot is not None and self.waiting["base_version"] != snapshot.table.version:
+        if snapshot is not None and self.waiting.base_version != snapshot.table.version:
             return None
-        return str(self.waiting["id"])
+        return self.waiting.id
 
     def status(self, *, history: bool = True) -> dict[str, Any]:
         """What the balancer sees and decided; ``history`` adds the imbalance samples."""
@@ -334,7 +335,7 @@ class Balancer:
             "state": self.detector.state.value,
             "decision": self.decision
             if self.waiting is None or self._current_waiting() is not None
-            else f"plan {self.waiting['id']} expired: the table changed; a new one may follow",
+            else f"plan {self.waiting.id} expired: the table changed; a new one may follow",
             "policy": asdict(self.policy),
             "imbalance": None if view is None else round(view.imbalance, 4),
             "skew": None if view is None else round(view.skew, 4),

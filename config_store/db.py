@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from .errors import DatabaseUnavailable
+
 __all__ = ["Database", "DatabaseUnavailable", "Reachability", "Tx", "open_database"]
 
 log = logging.getLogger("modbot.config.db")
@@ -29,10 +31,6 @@ _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 # while PostgreSQL is unreachable, probe it this often (seconds); the pool is rebuilt on
 # the first probe that connects, so writes resume well within 2 s of the database's return
 RECONNECT_PROBE_INTERVAL = 0.25
-
-
-class DatabaseUnavailable(Exception):
-    """The database cannot be reached (or failed mid-transaction): try again later."""
 
 
 class Reachability:

@@ -33,10 +33,9 @@ from typing import Any
 
 import aiohttp
 
+from modbot_client import monolith_schema as schema
+from modbot_client.config_api import ConfigApi, ConfigApiError
 from modbot_ring import NoRouteError, RoutingTable
-
-from .client import monolith_schema as schema
-from .client.config_api import ConfigApi, ConfigApiError
 
 EXIT_ERROR, EXIT_BAD_INPUT, EXIT_CONFLICT, EXIT_UNAVAILABLE = 1, 2, 3, 4
 ATTEMPTS = 6  # table changes (a guild migrating, a pin) waited out in one run: ~15 s

@@ -1,14 +1,23 @@
-"""The OpenAPI 3.1 description of ``/v1``, served at ``/v1/openapi.json``."""
+"""The OpenAPI 3.1 description of ``/v1``, served at ``/v1/openapi.json``.
+
+Request and response bodies are not written here: they come from the models the
+handlers validate with (``config_store/models.py``, ``BODIES``), so the two cannot drift.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from modbot_ring.hashring import MAX_WEIGHT
+from .models import BODIES, Error, RingSettings, Version
+from .schema import json_schema
 
 _ERROR = {
     "description": "error",
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
+_RING = {
+    "description": "the ring settings",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/RingSettings"}}},
 }
 _VERSION = {
     "description": "the table version after the change",
@@ -35,16 +44,16 @@ _IF_MATCH = {
     "schema": {"type": "string", "pattern": '^(W/)?"?[0-9]{1,19}"?$'},
     "description": 'compare-and-set: the table version you read, e.g. "42"; 409 if it moved on',
 }
-_READ = [{"bearer": []}]
-_ADMIN = [{"bearer": []}]
+_READ: list[dict[str, list[str]]] = [{"bearer": []}]
+_ADMIN: list[dict[str, list[str]]] = [{"bearer": []}]
 
 
 def _op(
     summary: str,
     *,
+    route: tuple[str, str] | None = None,
     admin: bool = False,
     params: list[dict[str, Any]] | None = None,
-    body: dict[str, Any] | None = None,
     ok: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -65,19 +74,11 @@ def _op(
             op["responses"].setdefault("404", _ERROR)
     if admin:  # every write can meet a conflicting state (another change, a running plan)
         op["responses"].setdefault("409", _ERROR)
-    if body:
-        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    if route is not None:  # (method, path) of a route that takes a JSON body
+        schema = json_schema(BODIES[route])
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": schema}}}
         op["responses"]["413"] = _ERROR
     return op
-
-
-def _obj(props: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": props,
-        "required": required or [],
-    }
 
 
 OPENAPI: dict[str, Any] = {
@@ -90,12 +91,9 @@ OPENAPI: dict[str, Any] = {
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "schemas": {
-            "Error": _obj({"error": {"type": "string"}}, ["error"]),
-            "Version": {
-                "type": "object",
-                "properties": {"version": {"type": "integer"}},
-                "required": ["version"],
-            },
+            "Error": json_schema(Error),
+            "Version": json_schema(Version, closed=False),
+            "RingSettings": json_schema(RingSettings),
         },
     },
     "paths": {
@@ -117,18 +115,12 @@ OPENAPI: dict[str, Any] = {
         },
         "/v1/table/version": {"get": _op("the current table version", ok=_VERSION)},
         "/v1/ring": {
-            "get": _op("ring settings"),
+            "get": _op("ring settings", ok=_RING),
             "put": _op(
                 "change ring settings",
                 admin=True,
                 params=[_IF_MATCH],
-                body=_obj(
-                    {
-                        "shard_count": {"type": ["integer", "null"], "minimum": 1},
-                        "algorithm": {"enum": ["slots", "ketama"]},
-                    },
-                    ["shard_count"],
-                ),
+                route=("put", "/v1/ring"),
                 ok=_VERSION,
                 extra={"409": _ERROR},
             ),
@@ -139,17 +131,7 @@ OPENAPI: dict[str, Any] = {
                 "register a pod or refresh its url/weight (idempotent)",
                 admin=True,
                 params=[_POD],
-                body=_obj(
-                    {
-                        "url": {
-                            "type": ["string", "null"],
-                            "maxLength": 2048,
-                            "pattern": "^https?://[^/?#@\\s]+(/[^?#\\s]*)?$",
-                            "description": "http(s)://host[:port][/path]: no credentials, query, fragment or whitespace",
-                        },
-                        "weight": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_WEIGHT},
-                    }
-                ),
+                route=("put", "/v1/pods/{name}"),
                 ok=_VERSION,
             ),
             "delete": _op(
@@ -165,7 +147,7 @@ OPENAPI: dict[str, Any] = {
                 "liveness and load report; brings an offline pod back",
                 admin=True,
                 params=[_POD],
-                body=_obj({"load": {"type": "object"}}),
+                route=("post", "/v1/pods/{name}/heartbeat"),
                 ok=_VERSION,
                 extra={"404": _ERROR},
             )
@@ -213,22 +195,7 @@ OPENAPI: dict[str, Any] = {
                 "set and delete pins in one change",
                 admin=True,
                 params=[_IF_MATCH],
-                body=_obj(
-                    {
-                        "set": {
-                            "type": "array",
-                            "items": _obj(
-                                {
-                                    "guild_id": {"type": "string"},
-                                    "pod": {"type": "string"},
-                                    "reason": {"type": "string"},
-                                },
-                                ["guild_id", "pod"],
-                            ),
-                        },
-                        "delete": {"type": "array", "items": {"type": "string"}},
-                    }
-                ),
+                route=("post", "/v1/pins/bulk"),
                 ok=_VERSION,
                 extra={"409": _ERROR},
             )
@@ -239,10 +206,7 @@ OPENAPI: dict[str, Any] = {
                 "pin a guild to a pod",
                 admin=True,
                 params=[_GUILD, _IF_MATCH],
-                body=_obj(
-                    {"pod": {"type": "string"}, "reason": {"type": "string", "maxLength": 500}},
-                    ["pod"],
-                ),
+                route=("put", "/v1/pins/{guild_id}"),
                 ok=_VERSION,
                 extra={"409": _ERROR},
             ),
@@ -275,9 +239,7 @@ OPENAPI: dict[str, Any] = {
             "post": _op(
                 "migrate one guild to a pod (runs in the background)",
                 admin=True,
-                body=_obj(
-                    {"guild_id": {"type": "string"}, "to": {"type": "string"}}, ["guild_id", "to"]
-                ),
+                route=("post", "/v1/migrations"),
                 ok={"description": "accepted"},
                 extra={"202": {"description": "started"}, "409": _ERROR},
             ),
@@ -302,37 +264,7 @@ OPENAPI: dict[str, Any] = {
             "post": _op(
                 "generate a rebalancing plan (dry run: nothing moves until apply)",
                 admin=True,
-                body=_obj(
-                    {
-                        "epsilon": {"type": "number"},
-                        "max_moves": {"type": ["integer", "null"]},
-                        "restore": {
-                            "type": "object",
-                            "description": "a saved current_assignment: plan the moves back to it",
-                            "additionalProperties": False,
-                            "properties": {
-                                "shards": {
-                                    "type": "object",
-                                    "propertyNames": {"pattern": "^[0-9]{1,19}$"},
-                                    "additionalProperties": {"type": ["string", "null"]},
-                                },
-                                "pins": {
-                                    "type": "object",
-                                    "propertyNames": {"pattern": "^[1-9][0-9]{0,18}$"},
-                                    "additionalProperties": {"type": "string"},
-                                },
-                            },
-                        },
-                        "drain": {
-                            "type": "string",
-                            "description": "a draining pod: plan the moves that empty it",
-                        },
-                        "repair": {
-                            "type": "boolean",
-                            "description": "plan moves that carry stranded rows to their owners",
-                        },
-                    }
-                ),
+                route=("post", "/v1/plans"),
                 extra={
                     "201": {"description": "the plan, with the current assignment for rollback"},
                     "404": _ERROR,  # drain: no such pod
@@ -355,7 +287,7 @@ OPENAPI: dict[str, Any] = {
                 params=[
                     {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
                 ],
-                body=_obj({"concurrency": {"type": "integer", "minimum": 1, "maximum": 64}}),
+                route=("post", "/v1/plans/{id}/apply"),
                 extra={"202": {"description": "executing"}, "409": _ERROR},
             )
         },

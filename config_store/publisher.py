@@ -15,9 +15,9 @@ import logging
 import time
 from typing import Any
 
+from modbot_client.redis_keys import changes_channel, table_key
 from modbot_ring import RoutingTable
 
-from .client.redis_keys import changes_channel, table_key
 from .store import Store, StoreError
 
 log = logging.getLogger("modbot.config.publisher")

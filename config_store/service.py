@@ -13,10 +13,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge
 
 from modbot_ring import BalancePolicy
+from modbot_runtime.observability import add_health_routes, setup_logging
 
 from .api import (
     BALANCER_KEY,
-    MAX_BODY,
     METRICS_KEY,
     MIGRATOR_KEY,
     PUBLISHER_KEY,
@@ -24,14 +24,13 @@ from .api import (
     STORE_KEY,
     ApiMetrics,
     add_routes,
-    auth_middleware,
-    errors_middleware,
+    new_app,
 )
 from .balancer import Balancer, BalancerSettings
-from .client.observability import add_health_routes, setup_logging
+from .errors import StoreError
 from .migrator import Migrator
 from .publisher import TablePublisher
-from .store import Store, StoreError, open_store
+from .store import Store, open_store
 
 log = logging.getLogger("modbot.config")
 
@@ -55,9 +54,7 @@ def build_app(
     publisher = TablePublisher(
         store, redis_url=redis_url, redis_prefix=redis_prefix, poll_interval=poll_interval
     )
-    app = web.Application(
-        middlewares=[errors_middleware, auth_middleware], client_max_size=MAX_BODY
-    )
+    app = new_app()
     app[STORE_KEY] = store
     app[PUBLISHER_KEY] = publisher
     app[METRICS_KEY] = metrics
@@ -152,7 +149,7 @@ def build_app(
 async def serve(args: argparse.Namespace, *, ready: asyncio.Event | None = None) -> None:
     store = await open_store(args.database_url, schema=args.db_schema, migrate=args.migrate)
     try:
-        await store.initialize_ring(args.shard_count or None)
+        await store.initialize_ring(args.shard_count or None, args.ring_algorithm)
     except StoreError as exc:
         log.warning("ring settings not initialized: %s", exc)
     app = build_app(
@@ -202,7 +199,7 @@ def balancer_settings(args: argparse.Namespace) -> BalancerSettings:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, "config")
-    from .runtime import run_forever
+    from modbot_runtime.runner import run_forever
 
     try:
         balancer_settings(args)  # refuse bad balancer flags before anything starts

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .client.flags import Flag, env_bool
+from modbot_runtime.flags import Flag, env_bool
 
 DEFAULT_DATABASE_URL = "sqlite:///modbot-config.db"
 
@@ -37,6 +37,14 @@ SERVE_FLAGS = [
         0,
         "Discord shard count set on first start (0: key the ring by guild id)",
         int,
+    ),
+    Flag(
+        "ring-algorithm",
+        "MODBOT_RING_ALGORITHM",
+        "quota",
+        "ring placement set on first start: quota (exact shares, kept in the table),"
+        " slots (a function of the pods alone) or ketama (uhashring-compatible)",
+        choices=("quota", "slots", "ketama"),
     ),
     Flag(
         "migration-token",

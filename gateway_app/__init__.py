@@ -1,7 +1,6 @@
-"""A gateway pod (and, in ``discord_sim``, the local Discord simulator).
+"""A gateway pod: one replica of the bot, serving the guilds the routing table gives it.
 
-May import: the standard library, ``modbot_ring``, the shared client package
-``config_store.client`` and third-party packages of the ``server`` extra. Never
-``router_proxy``, the rest of ``config_store`` (``config_store.runtime`` is listed debt) or the
-CLI (tests/test_layering.py).
+May import: the standard library, ``modbot_ring``, the shared packages ``modbot_client`` and
+``modbot_runtime`` and third-party packages of the ``server`` extra. Never another service
+(``config_store``, ``router_proxy``) or the CLI (tests/test_layering.py).
 """

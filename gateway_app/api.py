@@ -17,24 +17,24 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
-from config_store.client.auth import matching_token
-from config_store.client.observability import json_error
-from modbot_ring import InvalidGuildId, NoRouteError, parse_guild_id
+from modbot_ring import InvalidGuildId, parse_guild_id
+from modbot_runtime.auth import matching_token
+from modbot_runtime.observability import json_error
 
-from . import identity
+from . import dashboard, identity
 from .discordpy import MalformedInteraction, run_forwarded_interaction
-
-if TYPE_CHECKING:
-    from .server import Pod
+from .ownership import GuildOwnership, Why
+from .podview import POD_KEY, PodView
 
 log = logging.getLogger("modbot.gateway.api")
 
+__all__ = ["MAX_BODY", "POD_KEY", "add_routes", "internal_auth", "misdirected"]
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-POD_KEY: web.AppKey[Pod] = web.AppKey("pod")
 OPEN_PATHS = {"/healthz", "/readyz", "/metrics"}
 MAX_BODY = 256 * 1024 * 1024  # imports of large guilds arrive here
 
@@ -115,10 +115,34 @@ def _owned_guild(request: web.Request) -> tuple[int, web.Response | None]:
         gid = parse_guild_id(request.match_info["guild_id"])
     except InvalidGuildId as exc:
         return 0, json_error(400, str(exc))
-    return gid, pod.misdirected(gid)
+    return gid, misdirected(pod, gid)
 
 
-def cached_guild(pod: Pod, gid: int) -> Any:
+def misdirected(pod: PodView, gid: int) -> web.Response | None:
+    """None if this pod owns the guild now; else the answer that says why not: 503 before
+    the first table, 421 naming the owner this pod believes in (None: no route)."""
+    verdict = pod.ownership.guild(gid)
+    if verdict.owned:
+        return None
+    if verdict.why is Why.NO_TABLE:
+        return web.json_response(
+            {"error": "no routing table yet"}, status=503, headers={"Retry-After": "1"}
+        )
+    return misdirected_response(verdict)
+
+
+def misdirected_response(verdict: GuildOwnership) -> web.Response:
+    return web.json_response(
+        {
+            "error": f"guild {verdict.guild_id} is not owned by this pod",
+            "owner": verdict.owner,
+            "version": verdict.version,
+        },
+        status=421,
+    )
+
+
+def cached_guild(pod: PodView, gid: int) -> Any:
     """The guild in this pod's discord.py caches (one client per shard), or None: its
     shard is not connected here (yet), or Discord has not sent the guild."""
     for session in list(pod.shards.sessions.values()):
@@ -129,7 +153,7 @@ def cached_guild(pod: Pod, gid: int) -> Any:
     return None
 
 
-def guild_names(pod: Pod, gid: int, settings: Any) -> dict[str, Any] | None:
+def guild_names(pod: PodView, gid: int, settings: Any) -> dict[str, Any] | None:
     """The guild's name and those of the roles and channels its settings name, from the
     cache (no Discord request); None when the cache does not hold the guild."""
     guild = cached_guild(pod, gid)
@@ -159,6 +183,19 @@ async def guild_data(request: web.Request) -> web.Response:
     data["table_version"] = pod.table_version
     data["names"] = guild_names(pod, gid, data.get("settings"))
     return web.json_response(data)
+
+
+async def guild_page(request: web.Request) -> web.Response:
+    """The guild's dashboard page, rendered here (the proxy relays it): dashboard.py."""
+    gid, refusal = _owned_guild(request)
+    if refusal is not None:
+        return refusal
+    pod = request.app[POD_KEY]
+    data = await pod.store.dashboard(gid)
+    names = guild_names(pod, gid, data.get("settings"))
+    return await dashboard.respond(
+        request, data, names=names, pod=pod.name, version=pod.table_version
+    )
 
 
 MAX_NAME_IDS = 500
@@ -242,7 +279,7 @@ async def interactions(request: web.Request) -> web.Response:
             gid = parse_guild_id(guild)
         except InvalidGuildId as exc:
             return json_error(400, str(exc))
-        refusal = pod.misdirected(gid)
+        refusal = misdirected(pod, gid)
         if refusal is not None:
             pod.metrics.interactions.labels("misdirected").inc()
             return refusal
@@ -272,22 +309,9 @@ async def interactions(request: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     r = app.router
     r.add_get("/data/guilds/{guild_id}", guild_data)
+    r.add_get("/data/guilds/{guild_id}/dashboard", guild_page)
     r.add_get("/internal/names", cached_names)
     r.add_post("/interactions", interactions)
     r.add_get("/api/guilds/{guild_id}/settings", get_settings)
     r.add_put("/api/guilds/{guild_id}/settings", put_settings)
     r.add_get("/api/guilds/{guild_id}/stats", guild_stats)
-
-
-def misdirected_response(gid: int, owner: str | None, version: int | None) -> web.Response:
-    return web.json_response(
-        {"error": f"guild {gid} is not owned by this pod", "owner": owner, "version": version},
-        status=421,
-    )
-
-
-def owner_or_none(table: Any, gid: int) -> str | None:
-    try:
-        return str(table.owner(gid))
-    except NoRouteError:
-        return None

@@ -37,12 +37,21 @@ from .discordpy import (
     TakeResume,
     role_ids,
 )
+from .events import (
+    MAX_ID,
+    GatewayEvent,
+    MemberBanned,
+    MemberLeft,
+    MessageCreated,
+    MessageDeleted,
+    ReactionAdded,
+)
 from .features.modlog import audit_event
 from .storage import GuildStore
 
 log = logging.getLogger("modbot.gateway.bot")
 
-Handle = Callable[[int, str, dict[str, Any]], str]  # (guild id, event key, event) -> outcome
+Handle = Callable[[int, GatewayEvent], str]  # (guild id, event) -> outcome
 Mark = Callable[[GatewayPosition], None]  # an event's effects are queued: acknowledge it
 
 NOT_SET_UP = (
@@ -148,14 +157,20 @@ class GatewayClient(ResumableShardedClient):
         self.identify_gate: Callable[[Any, int | None], Awaitable[None]] | None = None
         self.mark = mark
 
-    def _handled(self, guild_id: int | None, key: str, event: dict[str, Any]) -> None:
+    def _handled(self, guild_id: int | None, event: GatewayEvent) -> None:
         """Handle one event (if it is a guild's), then acknowledge its gateway position."""
-        outcome = self.handle(guild_id, key, event) if guild_id is not None else "ignored"
+        outcome = self.handle(guild_id, event) if guild_id is not None else "ignored"
         position = CURRENT_POSITION.get()
         # "queued": it waits in memory for a migration's replay; not acknowledged (later
         # events of the shard may be, so a kill in those milliseconds can lose it)
         if self.mark is not None and position is not None and outcome != "queued":
             self.mark(position)
+
+    def _refuse(self, what: str, *ids: int | None) -> None:
+        """A gateway payload whose ids SQLite cannot hold (past 2**63-1): one such row would
+        fail every commit of the batch writer. Logged, acknowledged, never written."""
+        log.warning("%s with an id out of range refused: %s", what, ids)
+        self._acknowledge()
 
     def _acknowledge(self) -> None:
         """An event this pod does not store (a bot's message, a DM): acknowledge it too."""
@@ -186,29 +201,34 @@ class GatewayClient(ResumableShardedClient):
         if guild_id is None or message.author.bot:
             self._acknowledge()
             return
+        author = message.author
+        ids = (message.id, message.channel.id, author.id)
+        if guild_id > MAX_ID or max(ids) > MAX_ID:
+            self._refuse("message", guild_id, *ids)
+            return
         content = message.content
-        event = {
-            "kind": "message",
-            "message_id": message.id,
-            "channel_id": message.channel.id,
-            "author_id": message.author.id,
-            "roles": sorted(role_ids(message.author)),  # for the features (honeypot)
-            "staff": staff(message.author),  # the honeypot spares them
-            "words": len(content.split()),
-            "chars": len(content),
-            "at": message.created_at.timestamp(),
-        }
-        self._handled(guild_id, f"m:{message.id}", event)
+        event = MessageCreated(
+            *ids,
+            tuple(sorted(role_ids(author))),  # for the features (honeypot)
+            staff(author),  # the honeypot spares them
+            len(content.split()),
+            len(content),
+            message.created_at.timestamp(),
+        )
+        self._handled(guild_id, event)
 
     async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
-        event = {"kind": "delete", "message_id": payload.message_id, "at": time.time()}
-        self._handled(payload.guild_id, f"d:{payload.message_id}", event)
+        if (payload.guild_id or 0) > MAX_ID or payload.message_id > MAX_ID:
+            self._refuse("message delete", payload.guild_id, payload.message_id)
+            return
+        self._handled(payload.guild_id, MessageDeleted(payload.message_id, time.time()))
 
     async def on_raw_member_ban(self, ban: RawBan) -> None:
         # raw (see discordpy.RawBan): on_member_ban never fires for an uncached guild
-        if self.recent.first_time(("ban", ban.guild_id, ban.user_id)):
-            event = {"kind": "ban", "user_id": ban.user_id, "at": time.time()}
-            self._handled(ban.guild_id, f"b:{ban.user_id}", event)
+        if ban.guild_id > MAX_ID or ban.user_id > MAX_ID:
+            self._refuse("ban", ban.guild_id, ban.user_id)
+        elif self.recent.first_time(("ban", ban.guild_id, ban.user_id)):
+            self._handled(ban.guild_id, MemberBanned(ban.user_id, time.time()))
         else:
             self._acknowledge()
 
@@ -217,34 +237,32 @@ class GatewayClient(ResumableShardedClient):
         if payload.guild_id is None or (payload.member is not None and payload.member.bot):
             self._acknowledge()
             return
+        if max(payload.guild_id, payload.message_id, payload.channel_id, payload.user_id) > MAX_ID:
+            self._refuse("reaction", payload.guild_id, payload.message_id, payload.user_id)
+            return
         emoji = payload.emoji
         key = f"{emoji.name}:{emoji.id}" if emoji.id else str(emoji.name)
-        event = {
-            "kind": "reaction",
-            "message_id": payload.message_id,
-            "channel_id": payload.channel_id,
-            "user_id": payload.user_id,
-            "emoji": key,
-            "at": time.time(),
-        }
-        self._handled(payload.guild_id, f"r:{payload.message_id}:{payload.user_id}:{key}", event)
+        event = ReactionAdded(
+            payload.message_id, payload.channel_id, payload.user_id, key, time.time()
+        )
+        self._handled(payload.guild_id, event)
 
     async def on_raw_audit_log_entry(self, data: dict[str, Any]) -> None:
         # kicks, timeouts, bans with executor and reason (features/modlog.py)
         event = audit_event(data)
         guild = data.get("guild_id")
-        if event is None or not (isinstance(guild, str) and guild.isdigit()):
+        if event is None or not (
+            isinstance(guild, str) and guild.isascii() and guild.isdigit() and int(guild) <= MAX_ID
+        ):
             self._acknowledge()
             return
-        self._handled(int(guild), f"a:{event['entry_id']}", event)
+        self._handled(int(guild), event)
 
     async def on_raw_member_remove(self, payload: discord.RawMemberRemoveEvent) -> None:
-        if self.recent.first_time(("leave", payload.guild_id, payload.user.id)):
-            self._handled(
-                payload.guild_id,
-                f"l:{payload.user.id}",
-                {"kind": "leave", "user_id": payload.user.id, "at": time.time()},
-            )
+        if payload.guild_id > MAX_ID or payload.user.id > MAX_ID:
+            self._refuse("member remove", payload.guild_id, payload.user.id)
+        elif self.recent.first_time(("leave", payload.guild_id, payload.user.id)):
+            self._handled(payload.guild_id, MemberLeft(payload.user.id, time.time()))
         else:
             self._acknowledge()
 

@@ -66,7 +66,7 @@ class _CapturingAdapter(AsyncWebhookAdapter):
     """Answers discord.py's interaction callback locally instead of over REST."""
 
     def __init__(self, application_id: int) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # discord.py leaves it unannotated
         self.application_id = application_id
         self.first: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.too_late = False
@@ -90,7 +90,7 @@ class _CapturingAdapter(AsyncWebhookAdapter):
             await self.edit_webhook_message(
                 self.application_id,
                 token,
-                "@original",
+                "@original",  # type: ignore[arg-type]  # Discord's alias; typed as an id
                 session=session,
                 proxy=proxy,
                 proxy_auth=proxy_auth,
@@ -188,6 +188,26 @@ class RawBan:
     guild_id: int
     user_id: int
 
+    @classmethod
+    def from_gateway(cls, data: Any) -> RawBan | None:
+        """The ban in a GUILD_BAN_ADD payload; None if its ids are not snowflakes (then
+        discord.py's own parser would raise too, and end the shard's client)."""
+        user = data.get("user") if isinstance(data, dict) else None
+        guild_id = _snowflake(data.get("guild_id")) if isinstance(data, dict) else None
+        user_id = _snowflake(user.get("id")) if isinstance(user, dict) else None
+        if guild_id is None or user_id is None:
+            return None
+        return cls(guild_id, user_id)
+
+
+def _snowflake(value: object) -> int | None:
+    """A Discord id as sent (a decimal string; an int is taken too), else None."""
+    if type(value) is int:
+        return value if value >= 0 else None
+    if isinstance(value, str) and 0 < len(value) <= 20 and value.isascii() and value.isdigit():
+        return int(value)
+    return None
+
 
 # The position of the event whose handlers are running (None outside a tracked event).
 CURRENT_POSITION: ContextVar[GatewayPosition | None] = ContextVar(
@@ -244,7 +264,10 @@ class ResumableShardedClient(discord.AutoShardedClient):
         if name == "READY":
             shard_id = int((data.get("shard") or [0, count])[0])
         elif data.get("guild_id") is not None:
-            shard_id = (int(data["guild_id"]) >> 22) % count
+            try:
+                shard_id = (int(data["guild_id"]) >> 22) % count
+            except (TypeError, ValueError):  # not an id: no position (and no crash here)
+                return None
         else:
             return None
         ws = self._shard_ws(shard_id)
@@ -261,9 +284,11 @@ class ResumableShardedClient(discord.AutoShardedClient):
                 if name == "READY" and position is not None and self._on_session is not None:
                     self._on_session(position)
                 elif name == "GUILD_BAN_ADD" and "user" in data:
-                    self.dispatch(
-                        "raw_member_ban", RawBan(int(data["guild_id"]), int(data["user"]["id"]))
-                    )
+                    ban = RawBan.from_gateway(data)
+                    if ban is None:  # refused here: a raise would end the shard's client
+                        _log.warning("GUILD_BAN_ADD without valid ids ignored: %.200r", data)
+                        return
+                    self.dispatch("raw_member_ban", ban)
                 elif name == "GUILD_AUDIT_LOG_ENTRY_CREATE":
                     # raw only: discord.py's parser needs the guild cached and int()s every
                     # id, so one odd entry would end the shard's client; nothing uses it

@@ -1,5 +1,5 @@
 """Tables the pods' features need that mod-bot never had (its own tables come from
-``config_store.client.monolith_schema``). Pure data, no imports of ours: ``storage``
+``modbot_client.monolith_schema``). Pure data, no imports of ours: ``storage``
 appends them to the pod's schema and to the migration export/import (counts, checksum),
 like mod-bot's tables; every table is keyed by ``guild_id`` first, as the import checks.
 

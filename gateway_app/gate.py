@@ -22,31 +22,24 @@ from __future__ import annotations
 
 import itertools
 import uuid
-from collections.abc import Callable
-from typing import Any
-
-from config_store.client.table_client import RoutingTableClient
 
 from .bot import LoadMeter
+from .events import GatewayEvent, MessageCreated, MessageDeleted
+from .ownership import Ownership
 from .storage import GuildStore
 
-Owns = Callable[[int], bool]
-
 MAX_TRACKED = 50_000  # ids per guild (a few MB at most, even if a rollback leaves it behind)
-TRACKED_KINDS = ("message", "delete")  # the events that change message_stats rows
+TRACKED_KINDS = (MessageCreated, MessageDeleted)  # the events that change message_stats rows
 
 
 class GuildGate:
-    def __init__(
-        self, pod: str, tables: RoutingTableClient, store: GuildStore, owns: Owns, load: LoadMeter
-    ) -> None:
-        self.pod = pod
-        self.tables = tables
+    def __init__(self, ownership: Ownership, store: GuildStore, load: LoadMeter) -> None:
+        self.ownership = ownership
+        self.owns = ownership.owns  # bound once: called for every gateway event
         self.store = store
-        self.owns = owns
         self.load = load
         self.fences: dict[int, tuple[int, str]] = {}
-        self._replaying: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+        self._replaying: dict[int, list[GatewayEvent]] = {}
         self.counts = {"written": 0, "held": 0, "dropped": 0}
         # guild -> (token, ids of messages written or deleted since the tracker started)
         self._tracked: dict[int, tuple[str, set[int]]] = {}
@@ -66,26 +59,23 @@ class GuildGate:
         state = self.state(guild_id)
         if state == "frozen":
             return True
-        table = self.tables.table
-        return (
-            state != "released" and table is not None and table.migrating.get(guild_id) == self.pod
-        )
+        return state != "released" and self.ownership.migrating_here(guild_id)
 
-    def handle(self, guild_id: int, key: str, event: dict[str, Any]) -> str:
+    def handle(self, guild_id: int, event: GatewayEvent) -> str:
         queue = self._replaying.get(guild_id)
         if queue is not None:
-            queue.append((key, event))
+            queue.append(event)
             return "queued"
         if self.holding(guild_id):
-            self.store.hold_event(guild_id, key, event)
+            self.store.hold_event(guild_id, event.key, event)
             outcome = "held"
         elif self.owns(guild_id):
             self.store.apply_event(guild_id, event)
             self.load.record(guild_id)
             outcome = "written"
             tracked = self._tracked.get(guild_id)
-            if tracked is not None and event.get("kind") in TRACKED_KINDS:
-                tracked[1].add(int(event["message_id"]))
+            if tracked is not None and isinstance(event, TRACKED_KINDS):
+                tracked[1].add(event.message_id)
                 if len(tracked[1]) > MAX_TRACKED:
                     del self._tracked[guild_id]
         else:
@@ -125,7 +115,7 @@ class GuildGate:
         self.fences[guild_id] = (epoch, state)
 
     async def replay(
-        self, guild_id: int, events: list[tuple[str, dict[str, Any]]], epoch: int, state: str
+        self, guild_id: int, events: list[tuple[str, GatewayEvent]], epoch: int, state: str
     ) -> int:
         """Apply held events (theirs and ours) then resume live handling, losing nothing."""
         self._replaying[guild_id] = []
@@ -134,6 +124,6 @@ class GuildGate:
             self.fences[guild_id] = (epoch, state)
         finally:
             waiting = self._replaying.pop(guild_id)
-        for key, event in waiting:
-            self.handle(guild_id, key, event)
+        for event in waiting:
+            self.handle(guild_id, event)
         return applied

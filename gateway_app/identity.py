@@ -36,8 +36,8 @@ from typing import Any
 import aiosqlite
 from aiohttp import web
 
-from config_store.client.observability import json_error
 from modbot_ring import InvalidGuildId, parse_guild_id
+from modbot_runtime.observability import json_error
 
 ADMINISTRATOR = 1 << 3
 MANAGE_GUILD = 1 << 5

@@ -9,20 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
-from config_store.client.observability import json_error
-from modbot_ring import InvalidGuildId, parse_guild_id, shard_for
+from modbot_client.pod_client import (
+    EXPORT_PATH,
+    FREEZE_PATH,
+    GUILD_PATH,
+    GUILDS_PATH,
+    HELD_PATH,
+    IMPORT_PATH,
+    REPLAY_PATH,
+    TABLE_PATH,
+    UNFREEZE_PATH,
+)
+from modbot_ring import InvalidGuildId, parse_guild_id
+from modbot_runtime.observability import json_error
 
+from .events import GatewayEvent, MalformedEvent, event_from_json
+from .podview import POD_KEY, PodView
 from .storage import ImportError_
 
-if TYPE_CHECKING:
-    from .server import Pod
-
-from .api import POD_KEY
+log = logging.getLogger("modbot.gateway.migration")
 
 MAX_INT = 2**63 - 1  # epochs and ids are stored as signed 64-bit integers
 IMPORT_MODES = ("full", "precopy", "delta")
@@ -53,7 +64,7 @@ def _json_body(raw: bytes) -> Any:
 
 async def _args(
     request: web.Request, need_epoch: bool = True
-) -> tuple[Pod, int, int, dict[str, Any]]:
+) -> tuple[PodView, int, int, dict[str, Any]]:
     pod = request.app[POD_KEY]
     try:
         gid = parse_guild_id(request.match_info["guild_id"])
@@ -84,12 +95,10 @@ async def _args(
 async def status(request: web.Request) -> web.Response:
     pod, gid, _, _ = await _args(request, need_epoch=False)
     table = pod.table_client.table
+    shard = pod.ownership.shard_of(gid)
     shard_ready = True
-    if table is not None and table.shard_count is not None:
-        shard_ready = (
-            pod.shards.converged(table)
-            and shard_for(gid, table.shard_count) in pod.shards.connected_shards
-        )
+    if table is not None and shard is not None:
+        shard_ready = pod.shards.converged(table) and shard in pod.shards.connected_shards
     held = await pod.store.held(gid)
     return web.json_response(
         {
@@ -151,7 +160,7 @@ async def import_rows(request: web.Request) -> web.Response:
     table = pod.table_client.table
     if table is None:
         return json_error(503, "no routing table yet", **{"Retry-After": "1"})
-    if pod.owns(gid) or table.migrating.get(gid) != pod.name:
+    if pod.ownership.owns(gid) or not pod.ownership.migrating_here(gid):
         return json_error(
             409,
             f"guild {gid} is not migrating to this pod (table v{table.version}): refusing to import",
@@ -170,7 +179,7 @@ async def import_rows(request: web.Request) -> web.Response:
 
 async def held(request: web.Request) -> web.Response:
     pod, gid, _, _ = await _args(request, need_epoch=False)
-    return web.json_response({"events": [[k, e] for k, e in await pod.store.held(gid)]})
+    return web.json_response({"events": [[k, e.to_json()] for k, e in await pod.store.held(gid)]})
 
 
 def _import_shape_problem(body: dict[str, Any]) -> str:
@@ -194,20 +203,31 @@ def _import_shape_problem(body: dict[str, Any]) -> str:
     return ""
 
 
-def _events(body: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+def _events(gid: int, body: dict[str, Any]) -> tuple[list[tuple[str, GatewayEvent]], int]:
+    """The body's [key, event] pairs as events, and how many were refused: an event that
+    is not one a pod writes is logged and left out (after the flip a migration cannot roll
+    back, so one bad event must not stop it), never handed to the batch writer."""
     events = body.get("events", [])
     if not isinstance(events, list) or not all(
         isinstance(e, list) and len(e) == 2 and isinstance(e[0], str) and isinstance(e[1], dict)
         for e in events
     ):
         raise web.HTTPBadRequest(reason="events must be a list of [key, event object] pairs")
-    return [(k, e) for k, e in events]
+    parsed: list[tuple[str, GatewayEvent]] = []
+    refused = 0
+    for key, data in events:
+        try:
+            parsed.append((key, event_from_json(data)))
+        except MalformedEvent as exc:
+            refused += 1
+            log.error("guild %s: replayed event %.80r refused: %s", gid, key, exc)
+    return parsed, refused
 
 
 async def replay(request: web.Request) -> web.Response:
     """Target, after the flip: apply the source's and our own held events, go live."""
     pod, gid, epoch, body = await _args(request)
-    events = _events(body)
+    events, refused = _events(gid, body)
     # the coordinator pushes the flip's table version: fetch it now rather than wait for
     # pub/sub or the poll (released, the guild is written only once the table says ours)
     version = _non_negative(body.get("version", 0), "version")
@@ -220,7 +240,7 @@ async def replay(request: web.Request) -> web.Response:
             return json_error(503, f"table v{version} not here yet", **{"Retry-After": "1"})
     table_wait = round(time.perf_counter() - started, 4)
     applied = await pod.gate.replay(gid, events, epoch, "released")
-    return web.json_response({"applied": applied, "table_wait": table_wait})
+    return web.json_response({"applied": applied, "table_wait": table_wait, "refused": refused})
 
 
 async def unfreeze(request: web.Request) -> web.Response:
@@ -234,7 +254,7 @@ async def unfreeze(request: web.Request) -> web.Response:
 async def drop(request: web.Request) -> web.Response:
     """Delete the guild's rows here: the source after the move, or a rolled-back target."""
     pod, gid, epoch, _ = await _args(request)
-    if pod.owns(gid) and request.query.get("force") != "1":
+    if pod.ownership.owns(gid) and request.query.get("force") != "1":
         return json_error(409, f"this pod still owns guild {gid}: refusing to delete its rows")
     # stop holding first: events from now on are dropped (not ours), so nothing can be
     # queued behind the delete and land after it
@@ -261,13 +281,13 @@ def _dumps(data: Any) -> str:
 
 def add_routes(app: web.Application) -> None:
     r = app.router
-    r.add_get("/internal/table", table_version)
-    r.add_get("/internal/guilds", guilds)
-    r.add_get("/internal/guilds/{guild_id}", status)
-    r.add_post("/internal/guilds/{guild_id}/freeze", freeze)
-    r.add_get("/internal/guilds/{guild_id}/export", export)
-    r.add_post("/internal/guilds/{guild_id}/import", import_rows)
-    r.add_get("/internal/guilds/{guild_id}/held", held)
-    r.add_post("/internal/guilds/{guild_id}/replay", replay)
-    r.add_post("/internal/guilds/{guild_id}/unfreeze", unfreeze)
-    r.add_delete("/internal/guilds/{guild_id}", drop)
+    r.add_get(TABLE_PATH, table_version)
+    r.add_get(GUILDS_PATH, guilds)
+    r.add_get(GUILD_PATH, status)
+    r.add_post(FREEZE_PATH, freeze)
+    r.add_get(EXPORT_PATH, export)
+    r.add_post(IMPORT_PATH, import_rows)
+    r.add_get(HELD_PATH, held)
+    r.add_post(REPLAY_PATH, replay)
+    r.add_post(UNFREEZE_PATH, unfreeze)
+    r.add_delete(GUILD_PATH, drop)

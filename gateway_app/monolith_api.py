@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
-from config_store.client import monolith_schema as schema
-from config_store.client.observability import json_error
+from modbot_client import monolith_schema as schema
+from modbot_runtime.observability import json_error
 
-from .api import POD_KEY
-
-if TYPE_CHECKING:
-    from .server import Pod
+from .podview import POD_KEY, PodView
 
 MAX_INT = 2**63 - 1
 
@@ -56,12 +53,12 @@ def _problem(body: Any) -> str:
     return ""
 
 
-def _refusal(pod: Pod, guilds: dict[int, dict[str, int]]) -> str:
+def _refusal(pod: PodView, guilds: dict[int, dict[str, int]]) -> str:
     table = pod.table_client.table
     if table is None:
         return "no routing table yet"
     for gid, want in guilds.items():
-        if not pod.owns(gid) or gid in table.migrating:
+        if not pod.ownership.owns(gid) or pod.ownership.migrating(gid):
             return f"guild {gid} is not owned here (table v{table.version})"
         if want["epoch"] < pod.gate.epoch(gid):
             return f"stale epoch {want['epoch']}: this pod has seen epoch {pod.gate.epoch(gid)} for guild {gid}"
@@ -72,7 +69,7 @@ def _refusal(pod: Pod, guilds: dict[int, dict[str, int]]) -> str:
 
 async def progress(request: web.Request) -> web.Response:
     """High-water marks per guild and table, and this pod's epochs (for the importer's plan)."""
-    pod: Pod = request.app[POD_KEY]
+    pod = request.app[POD_KEY]
     await pod.store.flush()
     rows = await pod.store._all(  # the store's own read helper: no new storage API needed
         f"SELECT guild_id, source_table, high_water, row_count FROM {schema.PROGRESS_TABLE}"
@@ -105,7 +102,7 @@ def _check(body: dict[str, Any]) -> str:
 
 
 async def import_chunk(request: web.Request) -> web.Response:
-    pod: Pod = request.app[POD_KEY]
+    pod = request.app[POD_KEY]
     try:
         body = json.loads(await request.read())
     except (ValueError, RecursionError):
@@ -132,7 +129,7 @@ async def import_chunk(request: web.Request) -> web.Response:
 
 
 async def _write(
-    pod: Pod, source: str, guilds: dict[int, dict[str, int]], rows: list[list[Any]]
+    pod: PodView, source: str, guilds: dict[int, dict[str, int]], rows: list[list[Any]]
 ) -> dict[str, Any]:
     target = "guilds" if source == "guilds" else schema.SOURCE_TABLES[source].pod_table
     cols = schema.insert_columns(source)

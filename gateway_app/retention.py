@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from config_store.client.flags import Flag
+from modbot_runtime.flags import Flag
 
 if TYPE_CHECKING:  # not imported at run time: `serve gateway --help` stays quick
     from prometheus_client.core import Metric

@@ -15,98 +15,39 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from config_store.client.config_api import ConfigApi, ConfigApiError
-from config_store.client.observability import add_health_routes, setup_logging
-from config_store.client.table_client import RoutingTableClient
+from modbot_client.config_api import ConfigApi, ConfigApiError
+from modbot_client.table_client import RoutingTableClient
 from modbot_ring import shard_for
+from modbot_runtime.observability import add_health_routes, setup_logging
 
 from . import features, identity
-from .api import MAX_BODY, POD_KEY, add_routes, internal_auth, misdirected_response, owner_or_none
+from .api import MAX_BODY, Handler, add_routes, internal_auth
 from .bot import CommandClient, GatewayClient, LoadMeter, RecentEvents
 from .commands_sync import sync_at_start
 from .discordpy import GatewayPosition, point_at
+from .events import GatewayEvent
 from .gate import GuildGate
 from .migration_api import add_routes as add_migration_routes
 from .monolith_api import add_routes as add_monolith_routes
+from .ownership import Ownership
+from .podview import POD_KEY, PodMetrics
 from .retention import Retention, RetentionPolicy
+from .settings import PodSettings
 from .shards import ShardSupervisor, gateway_bot_shards
 from .storage import GuildStore, SessionMark, StorageError, StorageUnavailable, check_database
+
+__all__ = ["Pod", "PodSettings", "StoreCollector", "run", "serve"]
 
 log = logging.getLogger("modbot.gateway")
 
 TOP_GUILDS = 50
 DISK_CHECK_INTERVAL = 1.0  # seconds between disk-pressure checks while nothing is written
-
-
-@dataclass
-class PodSettings:
-    name: str
-    host: str = "127.0.0.1"
-    port: int = 8701
-    url: str = ""
-    config_url: str = "http://127.0.0.1:8700"
-    admin_token: str = ""
-    read_token: str = ""
-    redis_url: str = ""
-    redis_prefix: str = "modbot"
-    internal_token: str = ""  # the proxy's forwarding token
-    migration_token: str = ""  # the config service's token for /internal/... (empty: closed)
-    identity_key: str = ""  # verifies the user identities the proxy signs (default: derived)
-    database: str = "gateway.db"
-    discord_token: str = ""
-    discord_api_url: str = "https://discord.com/api/v10"
-    discord_gateway_url: str = "wss://gateway.discord.gg/"
-    heartbeat_interval: float = 5.0
-    identify_interval: float = 5.0
-    interaction_deadline: float = 2.0
-    table_poll: float = 1.0
-    # retention and disk pressure (gateway_app/retention.py; None: kept forever)
-    retention_message_stats_days: int | None = 90
-    retention_reported_messages_days: int | None = None
-    retention_mod_actions_days: int | None = None
-    retention_interval: float = 3600.0
-    retention_batch: int = 2000
-    retention_pause: float = 0.05
-    disk_reserve_bytes: int = 16 * 1024 * 1024
-    disk_max_used: float = 0.95
-    escalation_timeout: float = 129600.0
-    feature_tick: float = 10.0
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> PodSettings:
-        fields = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in vars(args).items() if k in fields})
-
-    @property
-    def public_url(self) -> str:
-        return self.url or f"http://{self.host}:{self.port}"
-
-
-class PodMetrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.interactions = Counter(
-            "modbot_gateway_interactions_total",
-            "Interactions forwarded by the proxy and answered by this pod, by outcome.",
-            ["outcome"],
-            registry=registry,
-        )
-        self.interaction_seconds = Histogram(
-            "modbot_gateway_interaction_seconds",
-            "Time this pod took to answer a forwarded interaction.",
-            registry=registry,
-        )
-        self.heartbeat_failures = Counter(
-            "modbot_gateway_heartbeat_failures_total",
-            "Heartbeats to the config service that failed.",
-            registry=registry,
-        )
 
 
 class StoreCollector:
@@ -175,7 +116,7 @@ class StoreCollector:
 
 
 @web.middleware
-async def storage_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+async def storage_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     """A failing disk is a 503 with the reason, never a bare 500 (the write is not lost:
     queued writes are retried, and a refused direct write was not acknowledged)."""
     try:
@@ -215,7 +156,8 @@ class Pod:
             read_token=settings.read_token or settings.admin_token,
             poll_interval=settings.table_poll,
         )
-        self.gate = GuildGate(self.name, self.table_client, self.store, self.owns, self.load)
+        self.ownership = Ownership(self.name, self.table_client)
+        self.gate = GuildGate(self.ownership, self.store, self.load)
         self.commands = CommandClient(self.store)
         self.commands_ready = False
         self.shards = ShardSupervisor(
@@ -230,20 +172,7 @@ class Pod:
         self.resume_from: dict[int, SessionMark] = {}  # shard -> committed position at start
         self._register_metrics()
 
-    # -- ownership ----------------------------------------------------------------------------
-
-    def owns(self, guild_id: int) -> bool:
-        table = self.table_client.table
-        return table is not None and owner_or_none(table, guild_id) == self.name
-
-    def misdirected(self, guild_id: int) -> web.Response | None:
-        table = self.table_client.table
-        if table is None:
-            return web.json_response(
-                {"error": "no routing table yet"}, status=503, headers={"Retry-After": "1"}
-            )
-        owner = owner_or_none(table, guild_id)
-        return None if owner == self.name else misdirected_response(guild_id, owner, table.version)
+    # -- the table and the gateway ---------------------------------------------------------------
 
     @property
     def table_version(self) -> int | None:
@@ -260,10 +189,10 @@ class Pod:
             take_resume=self._take_resume,
         )
 
-    def _handle_event(self, guild_id: int, key: str, event: dict[str, Any]) -> str:
+    def _handle_event(self, guild_id: int, event: GatewayEvent) -> str:
         """The gate decides; an event written here (owned, live) is also shown to the
         features that act on events (a honeypot's message: gateway_app/features/)."""
-        outcome = self.gate.handle(guild_id, key, event)
+        outcome = self.gate.handle(guild_id, event)
         if outcome == "written":
             features.observe(self.commands, guild_id, event)
         return outcome
@@ -365,7 +294,7 @@ class Pod:
         """The features' background work (gateway_app/features/), for the guilds this pod
         owns and no migration freezes or holds here."""
         runtime = features.runtime_of(self.commands)
-        runtime.can_act = lambda gid: self.owns(gid) and not self.gate.holding(gid)
+        runtime.can_act = lambda gid: self.ownership.owns(gid) and not self.gate.holding(gid)
         runtime.ready = lambda: self.commands_ready
         runtime.escalation_timeout = self.settings.escalation_timeout
         runtime.tick = self.settings.feature_tick
@@ -483,13 +412,11 @@ class Pod:
     def _may_prune(self, guild_id: int) -> bool:
         """Retention deletes only rows of guilds this pod owns and no migration touches
         (the store also skips guilds exported or imported lately: see retention.py)."""
-        table = self.table_client.table
         return (
-            table is not None
-            and guild_id not in table.migrating
+            self.ownership.owns(guild_id)
+            and not self.ownership.migrating(guild_id)
             # "released" is where a migration's target stays once the guild is its own
             and self.gate.state(guild_id) not in ("frozen", "holding")
-            and self.owns(guild_id)
         )
 
     def _disk_details(self) -> dict[str, Any]:
@@ -536,8 +463,8 @@ class Pod:
         ).set_function(lambda: float(sum(self.load.rates().values())))
 
 
-async def serve(args: argparse.Namespace) -> None:
-    pod = Pod(PodSettings.from_args(args))
+async def serve(settings: PodSettings) -> None:
+    pod = Pod(settings)
     await pod.start()
     try:
         await asyncio.Event().wait()
@@ -546,12 +473,13 @@ async def serve(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    setup_logging(args.log_level, f"gateway:{args.name}")
+    settings = PodSettings.from_args(args)
+    setup_logging(settings.log_level, f"gateway:{settings.name}")
     try:  # before anything starts: a pod on an unusable file would lose every write
-        check_database(args.database)
+        check_database(settings.database)
     except StorageError as exc:
         print(f"modbot-ring: {exc}", file=sys.stderr)
         return 1
-    from config_store.runtime import run_forever
+    from modbot_runtime.runner import run_forever
 
-    return run_forever(serve(args))
+    return run_forever(serve(settings))

@@ -33,6 +33,7 @@ from .table import (
     RouteReason,
     RoutingTable,
     TableFormatError,
+    ring_nodes,
 )
 
 __all__ = [
@@ -70,6 +71,7 @@ __all__ = [
     "parse_guild_id",
     "route_during",
     "plan_rebalance",
+    "ring_nodes",
     "shard_for",
 ]
 

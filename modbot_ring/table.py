@@ -54,6 +54,7 @@ __all__ = [
     "RouteReason",
     "RoutingTable",
     "TableFormatError",
+    "ring_nodes",
 ]
 
 FORMAT_VERSION = 1
@@ -146,6 +147,7 @@ class RoutingTable:
         "owner",
     )
 
+    _ring: HashRing
     owner: Callable[[int], str]
     """The routing hot path: ``owner(guild_id) -> pod name`` for an already parsed
     ``int`` id. No validation, no allocation; raises :class:`NoRouteError` only when
@@ -163,7 +165,13 @@ class RoutingTable:
         migrating: Mapping[int, str] | Mapping[str, str] | Mapping[int | str, str] = {},
         migrating_shards: Iterable[int] = (),
         epochs: Mapping[int, int] = {},
+        previous: RoutingTable | None = None,
+        assignment: str | None = None,
     ) -> None:
+        """``previous`` and ``assignment`` matter to ``quota`` tables only, whose ring
+        depends on history: ``previous`` (the table this one replaces) makes a change
+        of pods or weights move the fewest keys; ``assignment`` reloads a snapshot's
+        placement (:meth:`to_dict`). Other algorithms are functions of the pods alone."""
         if type(version) is not int or version < 0:
             raise ValueError(f"version must be a non-negative int, got {version!r}")
         if shard_count is not None and (
@@ -182,9 +190,11 @@ class RoutingTable:
         self._version = version
         self._shard_count = shard_count
         self._pods = MappingProxyType(dict(sorted(pod_map.items())))
-        self._ring = HashRing(
-            {p.name: p.weight for p in pod_map.values() if p.state is not PodState.DRAINING},
-            algorithm=algorithm,
+        self._ring = _ring(
+            ring_nodes(pod_map.values()),
+            algorithm,
+            None if previous is None else previous._ring,
+            assignment,
         )
         self._algorithm = self._ring.algorithm
         names = {name: name for name in pod_map}  # interned: 1M pins share 10 strings
@@ -374,7 +384,7 @@ class RoutingTable:
         if unknown:
             raise TypeError(f"unknown table fields: {', '.join(sorted(unknown))}")
         current.update(changes)
-        return RoutingTable(**current)
+        return RoutingTable(**current, previous=self)
 
     def with_pin(self, guild_id: int | str, pod: str) -> RoutingTable:
         return self.evolve(pins={**self._pins, parse_guild_id(guild_id): pod})
@@ -399,8 +409,9 @@ class RoutingTable:
     # -- serialization ------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON-ready form. Guild ids are strings: JSON numbers lose bits past 2**53."""
-        return {
+        """The JSON-ready form. Guild ids are strings: JSON numbers lose bits past 2**53.
+        A ``quota`` table also carries its ring's ``assignment``."""
+        data = {
             "format": FORMAT_VERSION,
             "version": self._version,
             "algorithm": self._algorithm.value,
@@ -415,6 +426,10 @@ class RoutingTable:
             "migrating_shards": sorted(self._migrating_shards),
             "epochs": {str(g): e for g, e in self._epochs.items()},
         }
+        assignment = self._ring.assignment
+        if assignment is not None:
+            data["assignment"] = assignment
+        return data
 
     def to_json(self) -> str:
         """Canonical JSON: equal tables give byte-equal text."""
@@ -445,6 +460,7 @@ class RoutingTable:
             self._migrating,
             self._migrating_shards,
             self._epochs,
+            self._ring,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -460,6 +476,32 @@ class RoutingTable:
             f"<RoutingTable v{self._version} {self._algorithm.value} {mode}: "
             f"{len(self._pods)} pods, {len(self._pins)} pins, {len(self._shard_pins)} shard pins>"
         )
+
+
+def ring_nodes(pods: Iterable[Pod]) -> dict[str, float]:
+    """The ring's members and weights: every pod but the draining ones."""
+    return {p.name: p.weight for p in pods if p.state is not PodState.DRAINING}
+
+
+def _ring(
+    nodes: dict[str, float],
+    algorithm: Algorithm | str,
+    previous: HashRing | None,
+    assignment: str | None,
+) -> HashRing:
+    """The table's ring; the previous table's when the ring's nodes did not change."""
+    if (
+        previous is not None
+        and assignment is None
+        and previous.algorithm == algorithm
+        and dict(previous.nodes) == nodes
+    ):
+        return previous
+    if algorithm == Algorithm.QUOTA:
+        if previous is not None and previous.algorithm is not Algorithm.QUOTA:
+            previous = None  # a change of algorithm: dealt afresh
+        return HashRing(nodes, algorithm=algorithm, previous=previous, assignment=assignment)
+    return HashRing(nodes, algorithm=algorithm, assignment=assignment)
 
 
 def _pin_key(value: object) -> int:
@@ -573,7 +615,7 @@ def _load(data: object) -> RoutingTable:
     missing = _FIELDS - set(data)
     if missing:
         raise TableFormatError(f"missing fields: {', '.join(sorted(missing))}")
-    extra = set(data) - _FIELDS
+    extra = set(data) - _FIELDS - {"assignment"}
     if extra:
         raise TableFormatError(f"unknown fields: {', '.join(sorted(extra))}")
     version = _int(data["version"], "version")
@@ -628,9 +670,31 @@ def _load(data: object) -> RoutingTable:
             migrating=migrating,
             migrating_shards=migrating_shards,
             epochs=epochs,
+            assignment=_assignment(data),
         )
     except (ValueError, TypeError) as exc:
         raise TableFormatError(str(exc)) from None
+
+
+def _assignment(data: dict[str, Any]) -> str | None:
+    """A quota table must carry its placement, and only a quota table may."""
+    quota = data["algorithm"] == Algorithm.QUOTA.value
+    if quota and not data["pods"]:
+        if "assignment" in data:
+            raise TableFormatError("assignment: a table without pods has no placement")
+        return None
+    if quota != ("assignment" in data) and any(
+        spec.get("state") != PodState.DRAINING.value
+        for spec in data["pods"].values()
+        if isinstance(spec, dict)
+    ):
+        raise TableFormatError(
+            "assignment: required for quota tables with pods on the ring, refused otherwise"
+        )
+    value = data.get("assignment")
+    if value is not None and not isinstance(value, str):
+        raise TableFormatError("assignment: expected a string")
+    return value
 
 
 def _obj(value: object, where: str) -> dict[str, Any]:

@@ -1,7 +1,6 @@
 """The router proxy: routes each request to the pod that owns its guild.
 
-May import: the standard library, ``modbot_ring``, the shared client package
-``config_store.client`` and third-party packages of the ``server`` extra. Never
-``gateway_app``, the rest of ``config_store`` (``config_store.runtime`` is listed debt) or the
-CLI (tests/test_layering.py).
+May import: the standard library, ``modbot_ring``, the shared packages ``modbot_client`` and
+``modbot_runtime`` and third-party packages of the ``server`` extra. Never another service
+(``config_store``, ``gateway_app``), ``discord_sim`` or the CLI (tests/test_layering.py).
 """

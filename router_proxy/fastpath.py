@@ -50,7 +50,7 @@ import secrets
 import time
 from collections import deque
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -578,13 +578,14 @@ class Front(asyncio.Protocol):
         self.held = False  # reading paused until those are sent
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop transports too
+        stream = cast(asyncio.Transport, transport)  # uvloop transports too
+        self.transport = stream
         server = self.front
         if len(server.clients) >= server.max_connections:
             self.closing = True
             server.proxy.metrics.refused.labels("connections").inc()
-            self.transport.write(_error(503, "too many connections", b"Retry-After: 1\r\n"))
-            self.transport.close()
+            stream.write(_error(503, "too many connections", b"Retry-After: 1\r\n"))
+            stream.close()
             return
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]).encode() if isinstance(peer, tuple) else b""

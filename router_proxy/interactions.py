@@ -24,7 +24,7 @@ RETRYABLE = frozenset({421, 429, 502, 503, 504})
 MAX_TOKEN = 500  # Discord's tokens are ~200 characters; anything far longer is not one
 MAX_ATTEMPTS = 40  # deliveries of one deferred interaction, on top of the time window
 
-FAILED_ANSWER = {
+FAILED_ANSWER: dict[str, Any] = {
     "type": 4,
     "data": {
         "content": "Sorry: mod-bot could not process this command. Please try it again.",

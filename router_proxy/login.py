@@ -33,6 +33,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from html import escape
 from typing import TYPE_CHECKING, Any
@@ -41,8 +42,8 @@ from urllib.parse import quote, urlencode
 import aiohttp
 from aiohttp import web
 
-from config_store.client.observability import json_error
 from modbot_ring import InvalidGuildId, NoRouteError, parse_guild_id
+from modbot_runtime.observability import json_error
 
 from .auth import (
     ANY,
@@ -61,6 +62,7 @@ from .auth import (
     same_origin,
     sign_identity,
 )
+from .dashboard import pod_target
 from .ratelimit import RateLimiter, client_ip
 
 if TYPE_CHECKING:
@@ -73,7 +75,10 @@ FLOW_TTL = 600
 # the fast path's cache of verified reads, in bytes: keys hold whole Cookie headers and
 # targets (up to the header and URL limits), so a count alone would allow ~400 MiB
 IDENTITY_CACHE_BYTES = 16 * 1024 * 1024
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 OPEN_PATHS = ("/webhooks/discord",)
+PAGE_CSRF_HEADER = "X-Modbot-Csrf"  # to the pod that renders the dashboard's forms
+PAGE_USER_HEADER = "X-Modbot-User-Name"  # percent-encoded UTF-8
 _FAST_HEADERS = frozenset(
     (b"cookie", b"authorization", b"origin", b"sec-fetch-site", b"x-csrf-token", b"host")
 )  # signed by Discord; never rate-limited per IP
@@ -186,7 +191,7 @@ class AuthRoutes:
 
     def middleware(self) -> Any:
         @web.middleware
-        async def limit(request: web.Request, handler: Any) -> web.StreamResponse:
+        async def limit(request: web.Request, handler: Handler) -> web.StreamResponse:
             if request.path.startswith(OPEN_PATHS):
                 return await handler(request)
             who = self._principal(request)
@@ -482,8 +487,10 @@ class AuthRoutes:
     # -- the dashboard ----------------------------------------------------------------------------
 
     def dashboard_gate(self, request: web.Request, gid: int) -> Gate:
-        """Called by the proxy's dashboard handler before it asks the pod."""
-        target = f"/data/guilds/{gid}"
+        """Called by the proxy's dashboard handler before it asks the pod, whose page
+        (dashboard.py) has a session's sign-out and settings forms: they need the
+        session's CSRF token and name, which only the proxy holds."""
+        target = pod_target(gid)
         decision = self.auth.check(
             "GET", target, str(gid), cookie=request.headers.get("Cookie"), authorization=None
         )
@@ -496,7 +503,11 @@ class AuthRoutes:
         if decision.status:
             return Gate(response=self.refused_page(gid, decision.error))
         headers = {IDENTITY_HEADER: decision.identity}
-        return Gate(principal=decision.principal, headers=headers)
+        who = decision.principal
+        if who is not None and who.kind == "session" and self.auth.sessions is not None:
+            headers[PAGE_CSRF_HEADER] = self.auth.sessions.csrf_token(who)
+            headers[PAGE_USER_HEADER] = quote(who.name, safe="")
+        return Gate(principal=who, headers=headers)
 
     def refused_page(self, gid: int, why: str) -> web.Response:
         return _page(
@@ -506,51 +517,6 @@ class AuthRoutes:
             f'<a href="/login?next=/guild/{int(gid)}/dashboard">sign in again</a> if they changed.</p>',
             403,
         )
-
-    async def decorate(self, html: str, gate: Gate, gid: int, data: dict[str, Any]) -> str:
-        """The signed-in panel: who you are, the settings form and API tokens."""
-        who = gate.principal
-        if who is None:
-            return html
-        grant = who.grant(str(gid)) or GuildGrant(0)
-        parts = []
-        if who.kind == "session":
-            parts.append(self._logout_form(who))
-        if grant.manages:
-            csrf = (
-                escape(self.auth.sessions.csrf_token(who))
-                if self.auth.sessions and who.kind == "session"
-                else ""
-            )
-            settings = data.get("settings") or {}
-            parts.append(
-                f'<div class="card"><h2>Change settings</h2><form method="post" action="/guild/{gid}/settings">'
-                f'<input type="hidden" name="csrf" value="{csrf}">'
-                f'<label>moderator role <input name="moderator_role" id="moderator_role" value="{escape(str(settings.get("moderator_role", "")))}"></label> '
-                f'<label>mod-log channel <input name="mod_log" id="mod_log" value="{escape(str(settings.get("mod_log", "")))}"></label> '
-                '<button type="submit" id="save">Save</button></form></div>'
-            )
-            status, body = await self.pod_call(gid, who, "GET", f"/data/guilds/{gid}/tokens")
-            rows = "".join(
-                f"<tr><td>{escape(str(t['id']))}</td><td>{escape(str(t['user_name']))}</td><td>{escape(str(t['scope']))}</td>"
-                f"<td>{'revoked' if t['revoked_at'] else time.strftime('%Y-%m-%d', time.gmtime(t['expires_at']))}</td><td>"
-                + (
-                    ""
-                    if t["revoked_at"]
-                    else f'<form method="post" action="/guild/{gid}/tokens/{escape(str(t["id"]))}/revoke">'
-                    f'<input type="hidden" name="csrf" value="{csrf}"><button type="submit">Revoke</button></form>'
-                )
-                + "</td></tr>"
-                for t in (body.get("tokens", []) if status == 200 else [])
-            )
-            parts.append(
-                '<div class="card"><h2>API tokens</h2>'
-                f"<table><tr><th>id</th><th>owner</th><th>scope</th><th>expires</th><th></th></tr>{rows}</table>"
-                f'<form method="post" action="/guild/{gid}/tokens"><input type="hidden" name="csrf" value="{csrf}">'
-                '<select name="scope"><option value="read">read</option><option value="write">write</option></select> '
-                '<button type="submit" id="new-token">New token</button></form></div>'
-            )
-        return html.replace("</body>", "".join(parts) + "</body>", 1)
 
     async def pod_call(
         self, gid: int, who: Principal, method: str, path: str, body: Any = None

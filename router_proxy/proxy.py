@@ -39,13 +39,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from yarl import URL
 
-from config_store.client.observability import (
-    REQUEST_ID_HEADER,
-    current_request_id,
-    json_error,
-    request_id_middleware,
-)
-from config_store.client.table_client import RoutingTableClient
+from modbot_client.table_client import RoutingTableClient
 from modbot_ring import (
     InvalidGuildId,
     NoRouteError,
@@ -55,11 +49,24 @@ from modbot_ring import (
     RoutingTable,
     parse_guild_id,
 )
+from modbot_runtime.observability import (
+    REQUEST_ID_HEADER,
+    current_request_id,
+    json_error,
+    request_id_middleware,
+)
 
 from . import interactions, login
 from .auth import IDENTITY_HEADER, AuthSettings
 from .breaker import CircuitBreaker
-from .dashboard import render_dashboard, render_unavailable
+from .dashboard import (
+    MAX_ERROR_BYTES,
+    MAX_PAGE_BYTES,
+    SECURITY_HEADERS,
+    BadPage,
+    pod_target,
+    render_unavailable,
+)
 from .tally import BeforeScrape
 from .verify import SignatureError, Verifier
 
@@ -187,6 +194,30 @@ def _strip_hop_by_hop(headers: Any) -> CIMultiDict[str]:
     return out
 
 
+async def _read_at_most(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or BadPage as soon as it is longer than ``limit``."""
+    if upstream.content_length is not None and upstream.content_length > limit:
+        raise BadPage(f"it answered a page of {upstream.content_length} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in upstream.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise BadPage(f"it answered a page of more than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _error_of(upstream: aiohttp.ClientResponse) -> str:
+    """A refusal's reason (the pods' ``{"error": ...}``), or a generic one."""
+    try:
+        body = json.loads(await _read_at_most(upstream, MAX_ERROR_BYTES))
+    except (BadPage, ValueError, UnicodeDecodeError):
+        body = None
+    why = body.get("error") if isinstance(body, dict) else None
+    return why[:300] if isinstance(why, str) and why else f"the pod answered {upstream.status}"
+
+
 class RouterProxy:
     def __init__(
         self, settings: ProxySettings, tables: RoutingTableClient, registry: CollectorRegistry
@@ -272,7 +303,7 @@ class RouterProxy:
         self,
         pod: str,
         method: str,
-        url: str,
+        url: str | URL,
         *,
         headers: Any,
         data: Any = None,
@@ -320,42 +351,74 @@ class RouterProxy:
     # -- dashboard and API ------------------------------------------------------------------------
 
     async def dashboard(self, request: web.Request) -> web.StreamResponse:
+        """The owning pod's page, relayed (dashboard.py says what is and is not)."""
         gid, route, table = self._parse_and_route(request)
         gate = self.gate.dashboard_gate(request, gid)  # sign-in and rights (login.py)
         if gate.response is not None:
+            gate.response.headers.update(SECURITY_HEADERS)
             return gate.response
         try:
             url = self.target(table, route)
-            async with await self._send(
-                route.pod,
-                "GET",
-                f"{url}/data/guilds/{gid}",
-                headers={
-                    "Authorization": f"Bearer {self.settings.internal_token}",
-                    **(gate.headers or {}),
-                },
-            ) as upstream:
+            page = await self._dashboard_page(gid, route, f"{url}{pod_target(gid)}", gate)
+        except Unavailable as exc:
+            return self._dashboard_error(gid, route, exc.why, exc.retry_after, 503)
+        except BadPage as exc:
+            log.warning("pod %s answered a dashboard with %s", route.pod, exc.why)
+            return self._dashboard_error(gid, route, exc.why, 2, 502)
+        if isinstance(page, web.StreamResponse):  # the pod refused: the proxy's 403 page
+            page.headers.update(SECURITY_HEADERS)
+            return page
+        return web.Response(
+            body=page,
+            content_type="text/html",
+            charset="utf-8",
+            headers={**SECURITY_HEADERS, **self._route_headers(route)},
+        )
+
+    async def _dashboard_page(
+        self, gid: int, route: Route, url: str, gate: login.Gate
+    ) -> bytes | web.StreamResponse:
+        """The pod's page bytes; the refusal page if the pod refused the identity;
+        Unavailable if it cannot answer (down, slow, moved, 5xx); BadPage if what it
+        answered is not a page to relay."""
+        headers = {
+            "Authorization": f"Bearer {self.settings.internal_token}",
+            "Accept-Encoding": "identity",
+            **self._route_headers(route),  # for the page's "served by" line
+            **(gate.headers or {}),
+        }
+        async with await self._send(route.pod, "GET", url, headers=headers) as upstream:
+            try:
                 if upstream.status in (401, 403):  # the pod's own check (moderator role)
-                    return self.gate.refused_page(gid, (await upstream.json())["error"])
+                    return self.gate.refused_page(gid, await _error_of(upstream))
                 if upstream.status == 421:  # our table is behind the pod's: catch up once
                     await self.tables.refresh()
                     raise Unavailable("the guild just moved; reload", 1)
                 if upstream.status != 200:
-                    raise Unavailable(f"pod {route.pod} answered {upstream.status}", 2)
-                data = await upstream.json()
-        except Unavailable as exc:
-            page = render_unavailable(gid, route.pod, exc.why, exc.retry_after)
-            return web.Response(
-                text=page,
-                status=503,
-                content_type="text/html",
-                headers={"Retry-After": str(exc.retry_after), **self._route_headers(route)},
-            )
-        html = render_dashboard(
-            data, pod=route.pod, reason=route.reason.value, version=route.version
+                    raise Unavailable(f"it answered {upstream.status}", 2)
+                charset = (upstream.charset or "utf-8").lower()
+                if upstream.content_type != "text/html" or charset not in ("utf-8", "utf8"):
+                    raise BadPage(f"it answered {upstream.content_type} ({charset}), not a page")
+                if upstream.headers.get("Content-Encoding", "identity").lower() != "identity":
+                    raise BadPage("it answered an encoded page")
+                return await _read_at_most(upstream, MAX_PAGE_BYTES)
+            except (aiohttp.ClientError, TimeoutError):
+                raise Unavailable("it stopped answering mid-page", 2) from None
+
+    def _dashboard_error(
+        self, gid: int, route: Route, why: str, retry_after: int, status: int
+    ) -> web.Response:
+        page = render_unavailable(gid, route.pod, why, retry_after, current_request_id())
+        return web.Response(
+            text=page,
+            status=status,
+            content_type="text/html",
+            headers={
+                **SECURITY_HEADERS,
+                "Retry-After": str(retry_after),
+                **self._route_headers(route),
+            },
         )
-        html = await self.gate.decorate(html, gate, gid, data)
-        return web.Response(text=html, content_type="text/html", headers=self._route_headers(route))
 
     async def api(self, request: web.Request) -> web.StreamResponse:
         gid, route, table = self._parse_and_route(request)

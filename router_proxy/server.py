@@ -18,8 +18,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from config_store.client.observability import add_health_routes, setup_logging
-from config_store.client.table_client import RoutingTableClient
+from modbot_client.table_client import RoutingTableClient
+from modbot_runtime.observability import add_health_routes, setup_logging
 
 from .auth import AuthSettings
 from .fastpath import FrontServer
@@ -142,7 +142,7 @@ async def serve(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, "proxy")
-    from config_store.runtime import run_forever
+    from modbot_runtime.runner import run_forever
 
     if args.workers < 1:
         print("modbot-ring: --workers must be >= 1", file=sys.stderr)

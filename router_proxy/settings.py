@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from config_store.client.flags import Flag, env_bool
+from modbot_runtime.flags import Flag, env_bool
 
 SERVE_FLAGS = [
     Flag("host", "MODBOT_PROXY_HOST", "127.0.0.1", "address to listen on"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import os
 import random
@@ -13,14 +14,19 @@ import socket
 import subprocess
 import tempfile
 import time
+import types
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 import pytest
 import redis
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 PG_URL = os.environ.get("MODBOT_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("MODBOT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -223,13 +229,17 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            with contextlib.suppress(Exception):
-                if redis.Redis(port=self.port, socket_timeout=0.2).ping():
-                    return
-            time.sleep(0.05)
-        raise RuntimeError("test redis did not start")
+        client = redis.Redis(port=self.port, socket_timeout=0.2)
+
+        def up() -> bool:
+            with contextlib.suppress(redis.RedisError):
+                return bool(client.ping())
+            return False
+
+        try:
+            eventually_sync(up, timeout=10, interval=0.05)
+        finally:
+            client.close()
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -295,8 +305,12 @@ class TcpCut:
         self.writers.difference_update({writer, up_writer})
 
 
-async def eventually(predicate, timeout: float = 5.0, interval: float = 0.02):
-    """Poll ``predicate`` (sync or async) until truthy; fail with the last value."""
+async def eventually(
+    predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02
+) -> Any:
+    """Poll ``predicate`` (sync or async) until truthy; fail with the last value. The one way
+    tests wait for something to happen (a fixed sleep is too short on a loaded machine and
+    too long on a quiet one); a predicate may raise to give up early (a process that died)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
@@ -309,6 +323,122 @@ async def eventually(predicate, timeout: float = 5.0, interval: float = 0.02):
         await asyncio.sleep(interval)
 
 
+def eventually_sync(
+    predicate: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02
+) -> Any:
+    """``eventually`` for code with no event loop (threads, fixtures that start processes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
+        time.sleep(interval)
+
+
+Handler = Callable[["web.Request"], Awaitable["web.StreamResponse"]]
+
+
+class AppServer:
+    """A stand-in HTTP server (a pod, a config service, Discord's webhook endpoint) on a
+    loopback port of its own. ``routes`` is one handler for every method and path, a dict
+    {(method, path pattern): handler}, or a whole app. The test may stop it and start it
+    again on the same port (a pod that goes away and comes back; not with a whole app).
+    ``async with AppServer(handler) as url`` serves for the block."""
+
+    def __init__(
+        self,
+        routes: Handler | dict[tuple[str, str], Handler] | web.Application,
+        *,
+        port: int | None = None,
+        client_max_size: int = 1024**2,
+        shutdown_timeout: float = 60.0,
+    ) -> None:
+        self.routes = routes
+        self.port = port or free_port()
+        self.client_max_size = client_max_size
+        self.shutdown_timeout = shutdown_timeout
+        self.runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def app(self) -> web.Application:
+        from aiohttp import web
+
+        if isinstance(self.routes, web.Application):
+            return self.routes
+        app = web.Application(client_max_size=self.client_max_size)
+        routes = (
+            self.routes if isinstance(self.routes, dict) else {("*", "/{tail:.*}"): self.routes}
+        )
+        for (method, path), handler in routes.items():
+            app.router.add_route(method, path, handler)
+        return app
+
+    async def start(self) -> str:
+        from aiohttp import web
+
+        self.runner = web.AppRunner(
+            self.app(), access_log=None, shutdown_timeout=self.shutdown_timeout
+        )
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+        return self.url
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    async def __aenter__(self) -> str:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+class HoldingPods:
+    """Stand-in pods that answer only ``/internal/guilds`` with the guilds each holds rows of
+    (``holdings``): all the config service asks a pod when it joins or is drained."""
+
+    def __init__(self) -> None:
+        self.holdings: dict[str, list[str]] = {}
+        self.servers: dict[str, AppServer] = {}
+
+    async def start(self, name: str) -> str:
+        """Start pod ``name``; returns its URL."""
+        from aiohttp import web
+
+        async def guilds(_: web.Request) -> web.Response:
+            return web.json_response({"pod": name, "guilds": self.holdings.get(name, [])})
+
+        self.servers[name] = AppServer({("GET", "/internal/guilds"): guilds})
+        return await self.servers[name].start()
+
+    async def stop(self, *names: str) -> None:
+        """Stop the named pods (they stop answering), or all of them."""
+        for name in names or tuple(self.servers):
+            await self.servers.pop(name).stop()
+
+
+def nowhere(*names: str) -> dict[str, str]:
+    """Pods (name -> URL) at loopback ports nobody listens on: for ``add_pods``."""
+    return {name: f"http://127.0.0.1:{free_port()}" for name in names}
+
+
+async def add_pods(service_url: str, pods: dict[str, str]) -> None:
+    """Register ``pods`` (name -> URL) with a config service; none of them has to answer."""
+    import aiohttp
+
+    async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ADMIN}"}) as http:
+        for name, url in pods.items():
+            async with http.put(f"{service_url}/v1/pods/{name}", json={"url": url}) as r:
+                assert r.status == 200, await r.text()
+
+
 @pytest.fixture
 async def svc(database_url):
     """A config service on each dialect with two registered pods (``svc.http`` attached)."""
@@ -317,14 +447,59 @@ async def svc(database_url):
     url, schema = database_url
     async with running_config(url, schema) as service, aiohttp.ClientSession() as http:
         service.http = http
-        for i in range(2):
-            async with http.put(
-                f"{service.url}/v1/pods/gateway-{i}",
-                json={"url": f"http://127.0.0.1:{9000 + i}"},
-                headers={"Authorization": f"Bearer {ADMIN}"},
-            ) as r:
-                assert r.status == 200, await r.text()
+        await add_pods(
+            service.url, {f"gateway-{i}": f"http://127.0.0.1:{9000 + i}" for i in (0, 1)}
+        )
         yield service
+
+
+@pytest.fixture
+async def pg_svc(pg_schema: str) -> AsyncIterator[ConfigService]:
+    """A config service on PostgreSQL with gateway-0 and gateway-1 registered at loopback
+    ports nobody listens on."""
+    async with running_config(PG_URL, pg_schema) as service:
+        await add_pods(service.url, nowhere("gateway-0", "gateway-1"))
+        yield service
+
+
+@pytest.fixture
+async def edge(tmp_path: Path) -> AsyncIterator[Any]:
+    """The proxy before one stand-in pod: tests/stack.py's edge_stack (proxy, pod, config)."""
+    from stack import edge_stack
+
+    async with edge_stack(tmp_path) as stack:
+        yield stack
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str = "2m") -> Iterator[Path]:
+    """A tmpfs of our own (COMMON.md): a full disk that the test can free again."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Write a file until the file system is full; returns it (delete it to free space)."""
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        chunk = b"\0" * 65536
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(chunk)
+        with contextlib.suppress(OSError):
+            while True:  # the last few bytes
+                f.write(b"\0" * 512)
+    return filler
 
 
 # -- running in parallel (pytest-xdist: `make test` runs `pytest -n 4 --dist loadgroup`) --------
@@ -392,17 +567,129 @@ def _shared_group(item: pytest.Item) -> str | None:
     return "::".join(["group", item.nodeid.split("::")[0], *params])
 
 
+# -- kinds: every test is exactly one of unit / integration / e2e, decided here and only here ----
+# (`pytest -m unit` etc.; tests/test_kinds.py checks that each collected test has exactly one).
+# A test's kind comes from what it touches: the names its code, the helpers of ours it calls and
+# the fixtures it uses refer to. e2e: the whole system (gateway pod processes, a stack, a
+# browser, a container); integration: a real server or database (PostgreSQL, Redis, an aiohttp
+# server, a socket) or a subprocess; unit: none of those (temporary files and SQLite are fine).
+
+KINDS = ("unit", "integration", "e2e")
+_E2E_NAMES = frozenset(
+    {
+        "running_stack",
+        "stack_with_config_process",
+        "pod_process",
+        "PodProcess",
+        "webdriver",
+        "docker",
+    }
+)
+_INTEGRATION_NAMES = frozenset(
+    {
+        *("pg_schema", "redis_prefix", "database_url", "svc", "own_redis", "PG_URL", "REDIS_URL"),
+        *("running_config", "start_sim", "start_proxy", "free_port", "free_ports", "TcpCut"),
+        *("RedisServer", "psycopg", "AppRunner", "TCPSite", "TestServer", "ClientSession"),
+        *("start_server", "open_connection", "create_connection", "urlopen"),
+        *("subprocess", "create_subprocess_exec", "create_subprocess_shell"),
+    }
+)
+# where the names mislead: `modbot-ring dev up` runs the whole system as subprocesses
+_KIND_OVERRIDES = {
+    "tests/test_devstack.py": "e2e",
+    "tests/test_dev_addpod.py": "e2e",
+    "tests/test_readme_operations.py::test_every_operations_command_runs_against_dev_up": "e2e",
+}
+_TESTS_DIR = Path(__file__).resolve().parent
+_NAMES_SEEN: dict[int, frozenset[str]] = {}
+
+
+def _ours(obj: object) -> bool:
+    """Defined in tests/ (a helper worth reading), not in the product or a library."""
+    try:
+        source = inspect.getsourcefile(obj)  # type: ignore[arg-type]
+    except TypeError:
+        return False
+    return source is not None and Path(source).resolve().is_relative_to(_TESTS_DIR)
+
+
+def _names(obj: object) -> frozenset[str]:
+    """The global and attribute names ``obj`` (a function or class of ours) and the helpers of
+    ours it calls refer to, nested functions and classes included."""
+    obj = inspect.unwrap(getattr(getattr(obj, "hypothesis", None), "inner_test", obj))  # type: ignore[arg-type]
+    if id(obj) in _NAMES_SEEN:
+        return _NAMES_SEEN[id(obj)]
+    _NAMES_SEEN[id(obj)] = frozenset()  # a helper that calls itself
+    functions = list(vars(obj).values()) if isinstance(obj, type) else [obj]
+    names: set[str] = set()
+    for function in functions:
+        function = getattr(function, "fget", None) or getattr(function, "__func__", function)
+        code = getattr(function, "__code__", None)
+        if code is None:
+            continue
+        codes = [code]
+        while codes:
+            code = codes.pop()
+            names.update(code.co_names)
+            codes.extend(c for c in code.co_consts if isinstance(c, types.CodeType))
+        namespace = getattr(function, "__globals__", {})
+        for name in list(names):
+            helper = namespace.get(name)
+            if callable(helper) and _ours(inspect.unwrap(helper)):
+                names |= _names(helper)
+    _NAMES_SEEN[id(obj)] = frozenset(names)
+    return _NAMES_SEEN[id(obj)]
+
+
+def kind_of(item: pytest.Item) -> str:
+    """unit, integration or e2e: see above."""
+    for prefix, kind in _KIND_OVERRIDES.items():
+        if item.nodeid == prefix or item.nodeid.startswith((f"{prefix}::", f"{prefix}[")):
+            return kind
+    names = set(getattr(item, "fixturenames", ()))
+    if (function := getattr(item, "function", None)) is not None:
+        names |= _names(function)
+    info = getattr(item, "_fixtureinfo", None)
+    defs = info.name2fixturedefs if info is not None else {}
+    for name in info.names_closure if info is not None else ():
+        for fixturedef in defs.get(name, ()):
+            if _ours(inspect.unwrap(fixturedef.func)):
+                names |= _names(fixturedef.func)
+    if names & _E2E_NAMES:
+        return "e2e"
+    return "integration" if names & _INTEGRATION_NAMES else "unit"
+
+
+def _mark_kinds(items: list[pytest.Item]) -> None:
+    kinds: dict[str, list[str]] = {}
+    for item in items:
+        marked = [m.name for m in item.iter_markers() if m.name in KINDS]
+        if marked:
+            raise pytest.UsageError(
+                f"{item.nodeid} is marked {marked[0]} by hand: a test's kind is decided in "
+                "tests/conftest.py (kind_of, _KIND_OVERRIDES)"
+            )
+        kind = kind_of(item)
+        item.add_marker(getattr(pytest.mark, kind))
+        kinds[item.nodeid] = [m.name for m in item.iter_markers() if m.name in KINDS]
+    if out := os.environ.get("MODBOT_TEST_KINDS_OUT"):  # tests/test_kinds.py reads it
+        Path(out).write_text(json.dumps(kinds))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests sharing a module-scoped fixture form one xdist group (one worker builds it once);
-    on a worker, slow tests that share nothing go first so that none of them is the tail."""
+    on a worker, slow tests that share nothing go first so that none of them is the tail.
+    First, before `-m` deselects, every test gets its kind (unit / integration / e2e)."""
+    _mark_kinds(items)
+    xdist = config.pluginmanager.hasplugin("xdist")
     groups: dict[str, str] = {}
     for item in items:
         mark = item.get_closest_marker("xdist_group")
         group = (mark.args[0] if mark and mark.args else None) or _shared_group(item)
         if group:
             groups[item.nodeid] = f"group::{group}" if mark else group
-            if mark is None:
+            if mark is None and xdist:  # `-p no:xdist` knows no such mark (strict markers)
                 item.add_marker(pytest.mark.xdist_group(group))
     worker, folder = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get(_GROUPS_ENV)
     if worker and folder:

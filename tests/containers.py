@@ -25,6 +25,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conftest import eventually_sync
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(
     os.environ.get("MODBOT_CONTAINER_CACHE") or Path.home() / ".cache" / "modbot-ring" / "container"
@@ -52,9 +54,13 @@ CONTEXT = (
     "pyproject.toml",
     "README.md",
     "modbot_ring",
+    "modbot_runtime",
+    "modbot_client",
     "config_store",
     "router_proxy",
     "gateway_app",
+    "discord_sim",
+    "modbot_cli",
     "deploy",
 )
 
@@ -157,12 +163,17 @@ def ensure_daemon(timeout: float = 60) -> Docker:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    deadline = time.monotonic() + timeout
-    while not docker.alive():
-        if docker.daemon.poll() is not None or time.monotonic() > deadline:
-            docker.stop()
-            raise Unavailable(f"dockerd did not start: {_tail(docker.log)}")
-        time.sleep(0.25)
+
+    def up() -> bool:
+        if docker.daemon is not None and docker.daemon.poll() is not None:
+            raise Unavailable("dockerd exited")
+        return docker.alive()
+
+    try:
+        eventually_sync(up, timeout=timeout, interval=0.25)
+    except (AssertionError, Unavailable) as exc:
+        docker.stop()
+        raise Unavailable(f"dockerd did not start: {_tail(docker.log)}") from exc
     return docker
 
 

@@ -8,8 +8,9 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from conftest import eventually_sync
 
 BIN = str(Path(sys.executable).parent / "litestream")
 
@@ -72,19 +73,21 @@ class Litestream:
 
     def replicated(self, sql: str, expected: object, scratch: Path, timeout: float = 20) -> None:
         """Wait until a restore of the replica (into a scratch file) answers ``sql`` with ``expected``."""
-        deadline = time.monotonic() + timeout
         last: object = None
-        n = 0
-        while time.monotonic() < deadline:
-            n += 1
-            target = scratch / f"probe-{n}.db"
+        probes = iter(range(1, 1_000_000))
+
+        def reached() -> bool:
+            nonlocal last
+            target = scratch / f"probe-{next(probes)}.db"
             result = self.restore(str(target))
             if result.returncode == 0 and target.exists():
                 with contextlib.closing(sqlite3.connect(target)) as conn:
                     last = conn.execute(sql).fetchone()[0]
-                if last == expected:
-                    return
-            time.sleep(0.3)
-        raise AssertionError(
-            f"replica never reached {expected!r} (last {last!r}); log:\n{self.log.read_text()[-2000:]}"
-        )
+            return last == expected
+
+        try:
+            eventually_sync(reached, timeout=timeout, interval=0.3)
+        except AssertionError:
+            raise AssertionError(
+                f"replica never reached {expected!r} (last {last!r}); log:\n{self.log.read_text()[-2000:]}"
+            ) from None

@@ -128,4 +128,4 @@ class SimulatedPods:
         while True:
             with contextlib.suppress(aiohttp.ClientError):
                 await self.heartbeat()
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # the heartbeat period, not a wait

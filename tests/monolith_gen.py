@@ -15,7 +15,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from config_store.client.monolith_schema import DROPPED, MIGRATION_STATES, SOURCE_TABLES
+from modbot_client.monolith_schema import DROPPED, MIGRATION_STATES, SOURCE_TABLES
 
 DISCORD_EPOCH_MS = 1_420_070_400_000
 STATES = [label for label, _ in MIGRATION_STATES]

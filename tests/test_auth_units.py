@@ -255,11 +255,12 @@ def test_health_and_metrics_are_not_routed_publicly():
 async def test_the_pod_gets_a_signed_identity_and_never_the_session_cookie(tmp_path):
     """Through the fast path to a recording upstream: the cookie stops at the proxy, a
     client's identity header is replaced by the proxy's own."""
+    import aiohttp
     from aiohttp import web
-    from conftest import ADMIN, READ, free_port, running_config
+    from conftest import AppServer
+    from stack import proxy_before
 
     from router_proxy.proxy import ProxySettings
-    from router_proxy.server import start_proxy
 
     seen: list[dict[str, str]] = []
 
@@ -267,38 +268,21 @@ async def test_the_pod_gets_a_signed_identity_and_never_the_session_cookie(tmp_p
         seen.append(dict(request.headers))
         return web.json_response({"ok": True})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", record)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
     keys = "units-session-key-0123456789"
-    async with running_config(f"sqlite:///{tmp_path}/c.db", shard_count=None) as config:
-        import aiohttp
-
-        async with aiohttp.ClientSession() as http:
-            async with http.put(
-                f"{config.url}/v1/pods/rec",
-                json={"url": f"http://127.0.0.1:{port}"},
-                headers={"Authorization": f"Bearer {ADMIN}"},
-            ) as r:
-                assert r.status == 200
-            settings = ProxySettings(
-                internal_token="inside",
-                auth=AuthSettings(session_keys=keys, rate_limit_anon=0, rate_limit_user=0),
-            )
-            proxy = await start_proxy(settings, config_url=config.url, read_token=READ)
-            try:
-                cookie = sessions(keys).issue("42", "ann", {"77": GuildGrant(MANAGE_GUILD)})
-                headers = {"Cookie": f"modbot_session={cookie}", "X-Modbot-Identity": "forged"}
-                async with http.get(f"{proxy.url}/api/guilds/77/x?y=1", headers=headers) as r:
-                    assert r.status == 200
-                async with http.get(f"{proxy.url}/api/guilds/78/x", headers=headers) as r:
-                    assert r.status == 403  # cross-guild: refused at the edge
-            finally:
-                await proxy.stop()
-                await runner.cleanup()
+    settings = ProxySettings(
+        internal_token="inside",
+        auth=AuthSettings(session_keys=keys, rate_limit_anon=0, rate_limit_user=0),
+    )
+    async with (
+        proxy_before(tmp_path, AppServer(record), "rec", settings) as (proxy, _),
+        aiohttp.ClientSession() as http,
+    ):
+        cookie = sessions(keys).issue("42", "ann", {"77": GuildGrant(MANAGE_GUILD)})
+        headers = {"Cookie": f"modbot_session={cookie}", "X-Modbot-Identity": "forged"}
+        async with http.get(f"{proxy.url}/api/guilds/77/x?y=1", headers=headers) as r:
+            assert r.status == 200
+        async with http.get(f"{proxy.url}/api/guilds/78/x", headers=headers) as r:
+            assert r.status == 403  # cross-guild: refused at the edge
     assert len(seen) == 1
     got = seen[0]
     assert "Cookie" not in got and got["Authorization"] == "Bearer inside"
@@ -321,7 +305,7 @@ def test_cookies_are_secure_whenever_the_public_url_is_https():
 async def test_the_simulator_speaks_discords_oauth2_shapes():
     import aiohttp
 
-    from gateway_app.discord_sim.server import start_sim
+    from discord_sim.server import start_sim
 
     sim = await start_sim()
     try:

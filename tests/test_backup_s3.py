@@ -12,7 +12,6 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ import aiohttp
 import psycopg
 import pytest
 import yaml
-from conftest import ADMIN, PG_URL, free_port, running_config
+from conftest import ADMIN, PG_URL, eventually_sync, free_port, running_config
 from litestream import Litestream
 
 from config_store.s3 import S3Client, S3Error, S3Url
@@ -43,13 +42,16 @@ def s3_endpoint() -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def up() -> bool:
         with contextlib.suppress(OSError):
             urllib.request.urlopen(url, timeout=1).read()
-            break
-        time.sleep(0.2)
-    else:
+            return True
+        return False
+
+    try:
+        eventually_sync(up, timeout=30, interval=0.2)
+    except AssertionError:
         proc.kill()
         pytest.fail("moto_server did not start")
     yield url

@@ -16,8 +16,8 @@ from conftest import ADMIN, PG_URL, eventually, free_port, running_config
 from loadsim import SimulatedPods
 
 from config_store.balancer import BalancerSettings
-from config_store.cli import build_parser
 from config_store.service import balancer_settings
+from modbot_cli.main import build_parser
 from modbot_ring import BalancePolicy
 
 CLI = str(Path(sys.executable).parent / "modbot-ring")
@@ -81,7 +81,7 @@ async def test_a_quiet_skewed_stack_is_idle_only_under_its_floor(pg_schema, floo
             await sim.heartbeat()
             if floor == 1.0:
                 await eventually(lambda: _idle(svc.url), timeout=10, interval=0.1)
-                await asyncio.sleep(1.0)  # well past the hold-down: still nothing
+                await asyncio.sleep(1.0)  # the sleep is the test: past the hold-down, nothing
                 status = await _balance(svc.url)
                 assert status["decision"].startswith("idle") and status["waiting_plan"] is None
                 assert "under the 1 events/s floor" in status["decision"]

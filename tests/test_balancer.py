@@ -15,7 +15,7 @@ from conftest import ADMIN, PG_URL, eventually, running_config
 from loadsim import SimulatedPods
 
 from config_store.balancer import BalancerSettings
-from config_store.cli import main as cli
+from modbot_cli.main import main as cli
 from modbot_ring import BalancePolicy, SkewDetector
 
 PODS = [f"gateway-{i}" for i in range(5)]
@@ -76,7 +76,7 @@ async def cluster(pg_schema, request):
 @pytest.mark.parametrize("cluster", [("propose", {})], indirect=True)
 async def test_skew_held_past_the_hold_down_gets_a_plan_proposed(cluster, tmp_path):
     svc, sim = cluster
-    await asyncio.sleep(HOLD + 0.5)  # balanced: nothing is proposed
+    await asyncio.sleep(HOLD + 0.5)  # the sleep is the test: past the hold-down, balanced
     assert await balancer_plans(svc.url) == []
     status = await get(svc.url, "/v1/balance")
     assert status["skew"] < 1.1 and status["state"] == "balanced"
@@ -101,7 +101,7 @@ async def test_skew_held_past_the_hold_down_gets_a_plan_proposed(cluster, tmp_pa
     assert code == 0 and f"a plan is waiting: modbot-ring apply {plan['id']}" in out.read_text()
 
     # one proposal at a time, and the operator applies it by id
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # the sleep is the test: no second proposal meanwhile
     assert len(await balancer_plans(svc.url)) == 1
     code = await asyncio.to_thread(_cli_to_file, ["apply", plan["id"], "--yes", *base], out)
     assert code == 0, out.read_text()
@@ -258,7 +258,7 @@ async def test_auto_mode_stays_within_the_move_budget(cluster):
     await eventually(lambda: _plans_done(svc.url, 1), timeout=HOLD + 10, interval=0.1)
     plan = (await balancer_plans(svc.url))[0]["plan"]
     assert len(plan["moves"]) == 1 and any("move limit" in u for u in plan["unfixable"])
-    await asyncio.sleep(HOLD + 1)  # still skewed, but the hour's budget is spent
+    await asyncio.sleep(HOLD + 1)  # the sleep is the test: still skewed, budget spent
     assert len(await balancer_plans(svc.url)) == 1
     assert (await get(svc.url, "/v1/balance"))["skew"] > 1.25
 
@@ -286,7 +286,7 @@ async def test_one_replica_leads_and_another_takes_over_when_it_goes(pg_schema):
             return status["decision"] == "following the leader" and not status["leader"]
 
         await eventually(follows, timeout=5, interval=0.1)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # the sleep is the test: the lead stays where it is
         assert await _leads(first.url) and not await _leads(second.url)
 
         await first_stack.aclose()  # the leader goes away

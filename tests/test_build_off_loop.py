@@ -7,6 +7,7 @@ import asyncio
 import time
 
 import pytest
+from conftest import eventually
 
 from config_store.store import open_store
 from modbot_ring import Pod, RoutingTable, hashring
@@ -40,13 +41,14 @@ async def test_building_the_table_does_not_stall_the_event_loop(store):
     async def tick() -> None:
         while True:
             before = time.perf_counter()
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # the ticker's period: how late it wakes is the stall
             stalls.append(time.perf_counter() - before - 0.005)
 
     ticker = asyncio.create_task(tick())
-    await asyncio.sleep(0.02)
+    await eventually(lambda: stalls)  # ticking
     table = await store.table()
-    await asyncio.sleep(0.05)  # let the ticker record a stall that ends with the build
+    ticks = len(stalls)
+    await eventually(lambda: len(stalls) > ticks)  # the tick that waited for the build
     ticker.cancel()
     assert len(table.pods) == PODS and table.shard_owner(0) is not None
     # on the loop, one tick would wait for the whole build; in a thread, only for

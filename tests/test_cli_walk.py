@@ -20,12 +20,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
-from conftest import ADMIN, PG_URL, free_port, running_config
+from conftest import ADMIN, AppServer, free_port
 from monolith_gen import create_schema
 
-from config_store import cli as cli_mod
+from modbot_cli import main as cli_mod
 
 GID = "81384788765712384"
 DEAD = f"http://127.0.0.1:{free_port()}"
@@ -253,7 +252,7 @@ def test_version_and_help_do_not_import_the_heavy_clients():
     assert code == 0 and out.startswith("modbot-ring ")
     probe = (
         "import sys, contextlib, io\n"
-        "from config_store.cli import main\n"
+        "from modbot_cli.main import main\n"
         "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
         "    main(['--help'])\n"
         "print(sorted({m.split('.')[0] for m in sys.modules} & {'aiohttp', 'discord', 'psycopg'}))"
@@ -280,19 +279,6 @@ def test_completion_script_lists_every_command():
 # -- against a real config service: not found (3), conflict (4), HTTP 400 (2) ----------------
 
 
-@pytest.fixture
-async def svc(pg_schema):
-    async with running_config(PG_URL, pg_schema) as service, aiohttp.ClientSession() as http:
-        for name in ("gateway-0", "gateway-1"):
-            async with http.put(
-                f"{service.url}/v1/pods/{name}",
-                json={"url": f"http://127.0.0.1:{free_port()}"},
-                headers={"Authorization": f"Bearer {ADMIN}"},
-            ) as r:
-                assert r.status == 200
-        yield service
-
-
 NOT_FOUND = {
     "pin": [GID, "ghost"],
     "unpin": [GID],
@@ -304,9 +290,9 @@ NOT_FOUND = {
 }
 
 
-async def test_not_found_conflict_and_bad_request_codes(svc, files):
+async def test_not_found_conflict_and_bad_request_codes(pg_svc, files):
     async def check(path: str, args: list[str], want: int) -> str:
-        code, _, err = await asyncio.to_thread(run, with_service(path, args, svc.url))
+        code, _, err = await asyncio.to_thread(run, with_service(path, args, pg_svc.url))
         assert code == want and one_line(err), (path, args, code, err)
         return err
 
@@ -314,7 +300,7 @@ async def test_not_found_conflict_and_bad_request_codes(svc, files):
         await check(path, args, 3)
     # conflict: nothing is executing; a draining pod takes no pin; an expired plan
     await check("cancel", [], 4)
-    code, _, err = await asyncio.to_thread(run, with_service("drain", ["gateway-1"], svc.url))
+    code, _, err = await asyncio.to_thread(run, with_service("drain", ["gateway-1"], pg_svc.url))
     assert code == 0, err
     err = await check("pin", [GID, "gateway-1"], 4)
     assert "draining" in err
@@ -322,7 +308,7 @@ async def test_not_found_conflict_and_bad_request_codes(svc, files):
     await check("plan", ["--epsilon", "50", "-o", f"{files['dir']}/e.json"], 2)
     # wrong token: anything else
     code, _, err = await asyncio.to_thread(
-        run, ["status", "--config-url", svc.url, "--token", "nope"]
+        run, ["status", "--config-url", pg_svc.url, "--token", "nope"]
     )
     assert code == 1 and "HTTP 401" in err and one_line(err)
 
@@ -333,17 +319,9 @@ async def test_a_service_answering_503_is_unreachable_5():
     async def down(_: web.Request) -> web.Response:
         return web.json_response({"error": "database unavailable: connection refused"}, status=503)
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", down)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
+    async with AppServer(down) as url:
         for argv in (["status"], ["pods"], ["route", GID], ["audit"]):
             code, _, err = await asyncio.to_thread(
-                run, [*argv, "--config-url", f"http://127.0.0.1:{port}", "--token", ADMIN]
+                run, [*argv, "--config-url", url, "--token", ADMIN]
             )
             assert code == 5 and one_line(err) and "503" in err, (argv, code, err)
-    finally:
-        await runner.cleanup()

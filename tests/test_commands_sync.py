@@ -12,10 +12,10 @@ import aiohttp
 import pytest
 from conftest import free_port
 
-from config_store.cli import main
+from discord_sim.commands import registry
+from discord_sim.server import RunningSim, start_sim
 from gateway_app.commands_sync import command_definitions, diff
-from gateway_app.discord_sim.commands import registry
-from gateway_app.discord_sim.server import RunningSim, start_sim
+from modbot_cli.main import main
 
 BOT = {"Authorization": "Bot sim-token"}
 

@@ -3,7 +3,7 @@ import json
 
 import aiohttp
 import pytest
-from conftest import ADMIN, READ, running_config
+from conftest import ADMIN, READ, AppServer, running_config
 
 from modbot_ring import RoutingTable
 
@@ -42,7 +42,7 @@ async def test_table_etag_304_and_long_poll(svc):
     assert status == 304
 
     async def change_soon():
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # the sleep is the test: the long poll waits for this
         await call(svc, "PUT", f"/v1/pins/{GID}", json={"pod": "gateway-0"})
 
     task = asyncio.create_task(change_soon())
@@ -382,28 +382,16 @@ async def test_verify_reports_a_pod_that_answers_nonsense(svc):
     async def nonsense(request: web.Request) -> web.Response:
         return answers.get(request.path, web.json_response({"error": "nope"}, status=401))
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", nonsense)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    from conftest import free_port
-
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
+    async with AppServer({("GET", "/{tail:.*}"): nonsense}) as url:
         for body in ({"guilds": ["not-an-id"]}, [1, 2], {"guilds": [str(2**64)]}, None):
             answers["/internal/guilds"] = (
                 web.json_response(body) if body is not None else web.Response(status=403)
             )
-            status, _, _ = await call(
-                svc, "PUT", "/v1/pods/gateway-0", json={"url": f"http://127.0.0.1:{port}"}
-            )
+            status, _, _ = await call(svc, "PUT", "/v1/pods/gateway-0", json={"url": url})
             assert status == 200
             status, data, _ = await call(svc, "GET", "/v1/verify", headers=R)
             assert status == 200 and not data["clean"], data
             assert any("gateway-0" in p for p in data["problems"]), data
-    finally:
-        await runner.cleanup()
 
 
 @pytest.mark.parametrize(

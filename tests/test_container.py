@@ -11,7 +11,7 @@ are printed with -s."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import json
 import re
 import secrets
@@ -27,7 +27,7 @@ import pytest
 import pytest_asyncio
 import redis
 import yaml  # type: ignore[import-untyped]
-from conftest import PG_URL, REDIS_URL, free_port
+from conftest import PG_URL, REDIS_URL, eventually, free_port
 from containers import (
     IMAGE,
     LABEL,
@@ -147,21 +147,26 @@ class Stack:
     async def ready(self, role: str, url: str, timeout: float = 90) -> Any:
         """The body of the first 200 from ``url``; fails at once (with the container's log)
         if the container stops."""
-        deadline = time.monotonic() + timeout
         checked = 0.0
-        while time.monotonic() < deadline:
-            try:
+
+        async def answer() -> Any:
+            nonlocal checked
+            with contextlib.suppress(TimeoutError, aiohttp.ClientError):
                 async with self.http.get(url, timeout=aiohttp.ClientTimeout(total=2)) as r:
                     if r.status == 200:
                         return await r.json()
-            except (TimeoutError, aiohttp.ClientError):
-                pass
             if time.monotonic() - checked > 1:
                 checked = time.monotonic()
                 if not self.state(role)["Running"]:
                     raise AssertionError(f"{role} stopped:\n{self.logs(role)}")
-            await asyncio.sleep(0.2)
-        raise AssertionError(f"{role} not ready after {timeout}s:\n{self.logs(role)}")
+            return None
+
+        try:
+            return await eventually(answer, timeout, interval=0.2)
+        except AssertionError as exc:
+            if "stopped" in str(exc):
+                raise
+            raise AssertionError(f"{role} not ready after {timeout}s:\n{self.logs(role)}") from None
 
     def logs(self, role: str) -> str:
         out = self.docker("logs", "--tail", "40", self.names[role], check=False)
@@ -263,15 +268,19 @@ class Stack:
     async def until_shown(
         self, user: aiohttp.ClientSession, guild: str, count: int, timeout: float = 30
     ) -> None:
-        deadline, seen = time.monotonic() + timeout, None
-        while time.monotonic() < deadline:
+        seen = None
+
+        async def shown() -> bool:
+            nonlocal seen
             seen = await self.messages_shown(user, guild)
-            if seen == count:
-                return
-            await asyncio.sleep(0.3)
-        raise AssertionError(
-            f"dashboard shows {seen} messages, not {count}; the pod's log:\n{self.logs('gateway')}"
-        )
+            return seen == count
+
+        try:
+            await eventually(shown, timeout, interval=0.3)
+        except AssertionError:
+            raise AssertionError(
+                f"dashboard shows {seen} messages, not {count}; the pod's log:\n{self.logs('gateway')}"
+            ) from None
 
     def down(self) -> None:
         names = [n for n in self.names.values()]
@@ -373,12 +382,12 @@ async def test_an_unwritable_volume_stops_the_pod_with_a_reason(
                 for a in stack.gateway_argv()
             ],
         )
-        deadline = time.monotonic() + 60
-        while (state := json.loads(docker("inspect", "--format", "{{json .State}}", name).stdout))[
-            "Running"
-        ]:
-            assert time.monotonic() < deadline, "the pod kept running on a volume it cannot write"
-            await asyncio.sleep(0.3)
+
+        def exited() -> dict[str, Any] | None:  # not: running on a volume it cannot write
+            state = json.loads(docker("inspect", "--format", "{{json .State}}", name).stdout)
+            return None if state["Running"] else state
+
+        state = await eventually(exited, timeout=60, interval=0.3)
         assert state["ExitCode"] != 0
         logs = docker("logs", name, check=False)
         said = logs.stderr + logs.stdout

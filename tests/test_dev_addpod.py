@@ -175,6 +175,7 @@ async def test_add_pod_then_a_kill_9_and_a_restart_keep_the_world(tmp_path):
         admin = re.search(r"MODBOT_ADMIN_TOKEN=(\S+)", "\n".join(banner)).group(1)  # type: ignore[union-attr]
         config = found["config"][0][0].removesuffix("/readyz")
         status = cli("status", "--config-url", config, "--token", admin, "--json")
+        assert status.returncode == 0, (status.returncode, status.stderr)
         pods = {p["name"]: p for p in json.loads(status.stdout)["pods"]}
         assert pods["gateway-2"]["weight"] == 2.0, status.stdout
 

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import eventually
+from conftest import eventually, small_tmpfs
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from test_durability import small_tmpfs
 from test_durability_e2e import (  # noqa: F401 - the stack fixture is used by name
     counts_reach,
     expected_counts,
@@ -28,6 +27,7 @@ from test_durability_e2e import (  # noqa: F401 - the stack fixture is used by n
     readyz,
     stack,
     stream,
+    streaming,
 )
 
 from gateway_app.retention import RETENTION_FLAGS, Retention, RetentionPolicy
@@ -246,7 +246,7 @@ async def test_a_pod_refuses_writes_near_full_goes_unready_and_loses_nothing(sta
         for phase in ("in memory", "kill -9"):
             before = await gateway_counts(stack)
             sending = asyncio.create_task(stream(stack, 6))
-            await asyncio.sleep(1.0)
+            await streaming(pod)
             filler = leave_free(disk, 4 * MiB)  # half the reserve left: not full
             await eventually(refusing, timeout=10, interval=0.1)
             _, body = await readyz(stack, pod)
@@ -258,7 +258,7 @@ async def test_a_pod_refuses_writes_near_full_goes_unready_and_loses_nothing(sta
             assert await metric("modbot_gateway_write_failures_total") == refused, (
                 "no failed commit"
             )
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # the sleep is the test: refused writes pile up
             if phase == "kill -9":
                 pod.kill()  # its refused writes die with it: nothing acknowledged them
             filler.unlink()

@@ -154,6 +154,17 @@ def test_the_build_context_leaves_out_the_venv_and_the_tests() -> None:
     # everything the Dockerfile mounts or copies is let through
     for src in re.findall(r"source=([\w./-]+)", DOCKERFILE):
         assert src.split("/")[0] in allowed, src
+    # and every package the wheel is built from (the image installs the project from it)
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert {p.rstrip("*") for p in find["find"]["include"]} <= allowed
+
+
+def test_the_container_test_context_is_what_dockerignore_lets_through() -> None:
+    import containers
+
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    allowed = {line.strip()[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    assert set(containers.CONTEXT) - {".dockerignore"} == allowed
 
 
 def test_the_container_test_skips_with_the_reason_when_no_engine_can_start(

@@ -9,10 +9,9 @@ import re
 
 import aiohttp
 import pytest
-from aiohttp import web
-from conftest import ADMIN, PG_URL, eventually, free_port, running_config
+from conftest import ADMIN, PG_URL, HoldingPods, add_pods, eventually, running_config
 from cpstack import stack_with_config_process
-from test_plan_resume import cli, total
+from stack import run_cli
 
 from modbot_ring import RoutingTable
 
@@ -20,15 +19,18 @@ MESSAGES = 10
 COUNT = re.compile(r"(\d+) messages from")
 
 
+async def sent_to_every_guild(stack) -> list[str]:
+    """MESSAGES messages in every guild, all stored; the guild ids."""
+    guilds = [str(g) for g in stack.world.guilds]
+    await stack.send_messages(guilds, MESSAGES)
+    await eventually(lambda: stack.holds(MESSAGES * len(guilds)), timeout=20)
+    return guilds
+
+
 @pytest.mark.slow
 async def test_drain_plan_apply_verify_with_dashboards_never_missing_data(tmp_path, pg_schema):
     async with stack_with_config_process(tmp_path, pg_schema, pods=3, guilds=9) as (stack, config):
-        guilds = [str(g) for g in stack.world.guilds]
-        async with stack.http.post(
-            f"{stack.sim.url}/control/messages", json={"guild_ids": guilds, "count": MESSAGES}
-        ) as r:
-            assert r.status == 200
-        await eventually(lambda: total(stack, MESSAGES * len(guilds)), timeout=20)
+        guilds = await sent_to_every_guild(stack)
         table = stack.proxy.tables.table
         victim = max(stack.pods, key=lambda p: sum(table.owner(int(g)) == p for g in guilds))
         held = [g for g in guilds if table.owner(int(g)) == victim]
@@ -44,14 +46,15 @@ async def test_drain_plan_apply_verify_with_dashboards_never_missing_data(tmp_pa
                         html = await r.text()
                     m = COUNT.search(html)
                     seen.append((gid, r.status, m.group(1) if m else html[:120]))
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # pacing: a user reloading, not a flood
 
         poller = asyncio.create_task(dashboards())
-        await asyncio.sleep(0.5)
-        code, out, err = await cli(config.url, "drain", victim, "--apply", "--yes")
+        await eventually(lambda: len(seen) >= len(guilds), timeout=20)  # a round before the drain
+        code, out, err = await run_cli(config.url, "drain", victim, "--apply", "--yes")
         assert code == 0 and "is draining" in out and "done" in out, (code, out, err)
         await stack.converge()
-        await asyncio.sleep(0.5)
+        after = len(seen)
+        await eventually(lambda: len(seen) >= after + len(guilds), timeout=20)  # and one after
         stop.set()
         await poller
 
@@ -65,22 +68,22 @@ async def test_drain_plan_apply_verify_with_dashboards_never_missing_data(tmp_pa
         assert table.pods[victim].state.value == "draining"
         assert table.shards_for(victim) == () and victim not in set(table.pins.values())
         assert not stack.pods[victim].message_counts()  # emptied
-        code, out, _ = await cli(config.url, "verify")
+        code, out, _ = await run_cli(config.url, "verify")
         assert code == 0 and "clean" in out
-        await eventually(lambda: total(stack, MESSAGES * len(guilds)), timeout=20)
+        await eventually(lambda: stack.holds(MESSAGES * len(guilds)), timeout=20)
 
         # undo the drain: the pod is active again; nothing moves by itself
-        code, out, err = await cli(config.url, "activate", victim)
+        code, out, err = await run_cli(config.url, "activate", victim)
         assert code == 0 and "is active" in out, err
         await stack.converge()
         assert stack.proxy.tables.table.pods[victim].state.value == "active"
-        code, out, _ = await cli(config.url, "verify")
+        code, out, _ = await run_cli(config.url, "verify")
         assert code == 0
 
         # confused operator: unknown pod, and --apply without consent on a pipe
-        code, _, err = await cli(config.url, "drain", "nope")
+        code, _, err = await run_cli(config.url, "drain", "nope")
         assert code != 0 and err.count("\n") == 1 and "nope" in err
-        code, _, err = await cli(config.url, "drain", victim, "--apply")
+        code, _, err = await run_cli(config.url, "drain", victim, "--apply")
         assert code == 2 and "--yes" in err
         assert stack.proxy.tables.table.pods[victim].state.value == "active"  # nothing changed
 
@@ -88,24 +91,19 @@ async def test_drain_plan_apply_verify_with_dashboards_never_missing_data(tmp_pa
 @pytest.mark.slow
 async def test_verify_repair_moves_stranded_rows_to_their_owner(tmp_path, pg_schema):
     async with stack_with_config_process(tmp_path, pg_schema, pods=2, guilds=4) as (stack, config):
-        guilds = [str(g) for g in stack.world.guilds]
-        async with stack.http.post(
-            f"{stack.sim.url}/control/messages", json={"guild_ids": guilds, "count": MESSAGES}
-        ) as r:
-            assert r.status == 200
-        await eventually(lambda: total(stack, MESSAGES * len(guilds)), timeout=20)
+        guilds = await sent_to_every_guild(stack)
         gid = int(guilds[0])
         holder = stack.proxy.tables.table.owner(gid)
         owner = "gateway-1" if holder == "gateway-0" else "gateway-0"
         await stack.pin(gid, owner)  # a bare pin re-routes without moving rows: stranded
         await stack.converge()
-        code, out, _ = await cli(config.url, "verify")
+        code, out, _ = await run_cli(config.url, "verify")
         assert code == 1 and f"holds rows of guild {gid}" in out
 
-        code, out, err = await cli(config.url, "verify", "--repair")
+        code, out, err = await run_cli(config.url, "verify", "--repair")
         assert code == 2 and "--yes" in err  # no change without consent
 
-        code, out, err = await cli(config.url, "verify", "--repair", "--yes")
+        code, out, err = await run_cli(config.url, "verify", "--repair", "--yes")
         assert code == 0 and "clean" in out, (code, out, err)
         await stack.converge()
         assert stack.proxy.tables.table.owner(gid) == owner  # the operator's pin stands
@@ -118,22 +116,7 @@ async def test_drain_on_a_guild_keyed_ring_pins_what_the_pod_holds(pg_schema):
     """Keyed by guild id there are no shards to hold: the guilds the pod holds rows of are
     pinned to it in the drain's own version, and the drain plan moves exactly those. A pod
     that cannot list its guilds is not drained (its rows would be stranded)."""
-    holdings: dict[str, list[str]] = {}
-    runners = []
-
-    async def fake_pod(name: str) -> str:  # the pods' /internal/guilds; nothing else is used
-        async def guilds(_: web.Request) -> web.Response:
-            return web.json_response({"pod": name, "guilds": holdings.get(name, [])})
-
-        app = web.Application()
-        app.router.add_get("/internal/guilds", guilds)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        runners.append(runner)
-        return f"http://127.0.0.1:{port}"
-
+    pods = HoldingPods()
     a = {"Authorization": f"Bearer {ADMIN}"}
     async with (
         running_config(PG_URL, pg_schema, shard_count=None, migration_token="m") as svc,
@@ -141,15 +124,13 @@ async def test_drain_on_a_guild_keyed_ring_pins_what_the_pod_holds(pg_schema):
     ):
         try:
             for name in ("gateway-0", "gateway-1", "gateway-2"):
-                url = await fake_pod(name)
-                async with http.put(f"{svc.url}/v1/pods/{name}", json={"url": url}) as r:
-                    assert r.status == 200, await r.text()
+                await add_pods(svc.url, {name: await pods.start(name)})
             async with http.get(f"{svc.url}/v1/table") as r:
                 table = RoutingTable.from_json(await r.read())
             ids = [(1 << 40) + 7919 * i for i in range(200)]
             mine = [g for g in ids if table.owner(g) == "gateway-1"][:3]
             quiet = next(g for g in ids if table.owner(g) == "gateway-1" and g not in mine)
-            holdings["gateway-1"] = [str(g) for g in mine]
+            pods.holdings["gateway-1"] = [str(g) for g in mine]
 
             async with http.post(f"{svc.url}/v1/pods/gateway-1/drain") as r:
                 assert r.status == 200, await r.text()
@@ -166,15 +147,14 @@ async def test_drain_on_a_guild_keyed_ring_pins_what_the_pod_holds(pg_schema):
             assert {m["kind"] for m in plan["moves"]} == {"guild"}
             assert {m["to"] for m in plan["moves"]} <= {"gateway-0", "gateway-2"}
 
-            await runners.pop(0).cleanup()  # gateway-0 stops answering
+            await pods.stop("gateway-0")  # gateway-0 stops answering
             async with http.post(f"{svc.url}/v1/pods/gateway-0/drain") as r:
                 body = await r.json()
                 assert r.status == 409 and "stranded" in body["error"], body
             async with http.post(f"{svc.url}/v1/plans", json={"drain": "gateway-2"}) as r:
                 assert r.status == 409  # not draining: no plan
         finally:
-            for runner in runners:
-                await runner.cleanup()
+            await pods.stop()
 
 
 @pytest.mark.slow
@@ -201,32 +181,25 @@ async def test_a_guild_first_written_while_its_shard_moves_moves_with_it(tmp_pat
         assert len(pair) >= 2, by_shard  # 12 guilds on 4 shards: some shard holds two
         early, late = pair[0], pair[1]
         others = [g for g in gids if g != late]
-        async with stack.http.post(
-            f"{stack.sim.url}/control/messages",
-            json={"guild_ids": [str(g) for g in others], "count": MESSAGES},
-        ) as r:
-            assert r.status == 200
-        await eventually(lambda: total(stack, MESSAGES * len(others)), timeout=30)
+        await stack.send_messages(others, MESSAGES)
+        await eventually(lambda: stack.holds(MESSAGES * len(others)), timeout=30)
         assert stack.pods[victim].message_counts().get(early) == MESSAGES
         assert late not in stack.pods[victim].message_counts()
 
-        drain = asyncio.create_task(cli(config.url, "drain", victim, "--apply", "--yes"))
+        drain = asyncio.create_task(run_cli(config.url, "drain", victim, "--apply", "--yes"))
 
         async def early_is_moving() -> bool:
             t = stack.proxy.tables.table
             return early in t.migrating or t.pins.get(early) not in (None, victim)
 
         await eventually(early_is_moving, timeout=60, interval=0.05)
-        async with stack.http.post(  # the quiet guild wakes up: its first rows, on the victim
-            f"{stack.sim.url}/control/messages",
-            json={"guild_ids": [str(late)], "count": MESSAGES},
-        ) as r:
-            assert r.status == 200
+        # the quiet guild wakes up: its first rows, on the victim
+        await stack.send_messages([late], MESSAGES)
         code, out, err = await drain
         assert code == 0 and "done" in out, (code, out, err)
         await stack.converge()
 
-        await eventually(lambda: total(stack, MESSAGES * len(gids)), timeout=30)
+        await eventually(lambda: stack.holds(MESSAGES * len(gids)), timeout=30)
         assert not stack.pods[victim].message_counts(), "the drained pod must hold nothing"
-        code, out, err = await cli(config.url, "verify")
+        code, out, err = await run_cli(config.url, "verify")
         assert code == 0 and "clean" in out, (code, out, err)

@@ -3,56 +3,23 @@ committed with the rows, a pod refusing an unusable database file, and the simul
 resume window (issue 14)."""
 
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
 import time
-from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import eventually, free_port
+from conftest import eventually, fill, free_port, small_tmpfs
 from stack import CLI
 
-from gateway_app.discord_sim.server import start_sim
+from discord_sim.server import start_sim
 from gateway_app.storage import (
     GuildStore,
     MessageRow,
     SessionMark,
     StorageUnavailable,
 )
-
-
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str = "2m"):
-    """A tmpfs of our own (COMMON.md): a full disk that the test can free again."""
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Write a file until the file system is full; returns it (delete it to free space)."""
-    filler = directory / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        chunk = b"\0" * 65536
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(chunk)
-        with contextlib.suppress(OSError):
-            while True:  # the last few bytes
-                f.write(b"\0" * 512)
-    return filler
 
 
 def row(n: int, guild: int = 1) -> MessageRow:
@@ -82,9 +49,7 @@ async def test_a_failed_commit_fails_flush_keeps_the_rows_and_retries_until_spac
                 await store.flush()
             # the position did not advance past what is committed
             assert (await store.sessions())[0].sequence == 10
-            await asyncio.sleep(0.5)
-            failures = store.write_failures
-            assert failures >= 2, "it retries"
+            await eventually(lambda: store.write_failures >= 2)  # it retries
             filler.unlink()
             await eventually(lambda: store.failure is None, timeout=10)
             await store.flush()
@@ -220,7 +185,7 @@ async def test_sim_replays_after_the_given_sequence_inside_the_window_and_invali
             first = await frames_until(ws, "GUILD_CREATE")
             seen = first[-1]["s"]
             await ws.close(code=4000)  # dropped, not ended: resumable
-            await asyncio.sleep(0.1)
+            await eventually(lambda: sim.sim.sessions[session_id].disconnected_at is not None)
             for _ in range(3):  # while nobody is connected
                 sim.sim.dispatch(guild.id, "MESSAGE_CREATE", {"n": _})
             frames = await resume(http, resume_url, session_id, seen)
@@ -231,7 +196,7 @@ async def test_sim_replays_after_the_given_sequence_inside_the_window_and_invali
             frames = await resume(http, resume_url, session_id, frames[-1]["s"] + 50)
             assert frames == [{"op": 9, "d": False, "s": None, "t": None}]
             # past the window: op 9, d=false, as Discord answers
-            await asyncio.sleep(1.3)
+            await asyncio.sleep(1.3)  # the sleep is the test: past the resume window
             sim.sim.dispatch(guild.id, "MESSAGE_CREATE", {"n": 3})
             frames = await resume(http, resume_url, session_id, seen)
             assert frames == [{"op": 9, "d": False, "s": None, "t": None}]
@@ -239,7 +204,7 @@ async def test_sim_replays_after_the_given_sequence_inside_the_window_and_invali
             ws = await http.ws_connect(sim.gateway_url)
             ready = await identify(ws, [1, 2])  # another max_concurrency bucket
             await ws.close(code=1000)
-            await asyncio.sleep(0.1)
+            await eventually(lambda: ready["d"]["session_id"] not in sim.sim.sessions)
             frames = await resume(http, resume_url, ready["d"]["session_id"], ready["s"])
             assert frames[-1]["op"] == 9 and frames[-1]["d"] is False
     finally:
@@ -247,7 +212,7 @@ async def test_sim_replays_after_the_given_sequence_inside_the_window_and_invali
 
 
 def test_sim_resume_window_is_a_flag():
-    from gateway_app.discord_sim.settings import SERVE_FLAGS
+    from discord_sim.settings import SERVE_FLAGS
 
     flag = next(f for f in SERVE_FLAGS if f.name == "resume-window")
     assert flag.env == "MODBOT_SIM_RESUME_WINDOW" and flag.default == 120.0

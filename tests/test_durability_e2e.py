@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import PG_URL, eventually
+from conftest import PG_URL, eventually, fill, small_tmpfs
 from stack import running_stack
-from test_durability import fill, small_tmpfs
 
 pytestmark = pytest.mark.slow
 
@@ -64,6 +63,13 @@ async def counts_reach(stack, pod, want: dict[int, int]) -> bool:
     return all(have.get(g, 0) >= n for g, n in want.items())
 
 
+async def streaming(pod) -> None:
+    """Until the stream that just started has rows committed on ``pod``: the fault that
+    follows lands mid-stream."""
+    base = sum(pod.message_counts().values())
+    await eventually(lambda: sum(pod.message_counts().values()) > base, timeout=15, interval=0.1)
+
+
 async def gateway_counts(stack) -> dict:
     async with stack.http.get(f"{stack.sim.url}/control/gateway") as r:
         return await r.json()
@@ -77,7 +83,7 @@ async def kill_and_restart(
     banned = next(m for m in guild.members if m not in (guild.owner.id, stack.world.bot.id))
     before = await gateway_counts(stack)
     sending = asyncio.create_task(stream(stack, seconds))
-    await asyncio.sleep(1.5)
+    await streaming(pod)
     if graceful:  # SIGTERM, as a rolling restart does: the pod closes its sessions resumably
         assert pod.proc is not None
         pod.proc.terminate()
@@ -90,7 +96,7 @@ async def kill_and_restart(
         json={"guild_id": str(guild.id), "type": "ban", "user_id": str(banned)},
     ) as r:
         assert (await r.json())["delivered"] >= 1  # a resumable session buffers it
-    await asyncio.sleep(downtime)
+    await asyncio.sleep(downtime)  # the sleep is the test: the pod is down this long
     pod.start()
     await stack.wait_ready("gateway-0", timeout=60)
     sent = await sending
@@ -149,7 +155,7 @@ async def test_disk_full_under_a_stream_reports_unready_then_loses_nothing(stack
         pod.start()
         await stack.wait_ready("gateway-0", timeout=60)
         sending = asyncio.create_task(stream(stack, FAULT_SECONDS + 5))
-        await asyncio.sleep(1.0)
+        await streaming(pod)
         filler = fill(disk)
         started = time.monotonic()
         unready = []
@@ -157,7 +163,7 @@ async def test_disk_full_under_a_stream_reports_unready_then_loses_nothing(stack
             status, body = await readyz(stack, pod)
             if status == 503 and body.get("storage", "").startswith("failing"):
                 unready.append(body["storage"])
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.2)  # pacing: the fault's whole length is the test
         filler.unlink()
         sent = await sending
         want = expected_counts(stack, sent)
@@ -194,7 +200,7 @@ async def test_kill_9_during_a_disk_fault_then_restart_resumes_from_the_committe
         await stack.wait_ready("gateway-0", timeout=60)
         before = await gateway_counts(stack)
         sending = asyncio.create_task(stream(stack, 6))
-        await asyncio.sleep(1.0)
+        await streaming(pod)
         filler = fill(disk)
 
         async def failing() -> bool:
@@ -202,10 +208,10 @@ async def test_kill_9_during_a_disk_fault_then_restart_resumes_from_the_committe
             return status == 503 and body.get("storage", "").startswith("failing")
 
         await eventually(failing, timeout=10, interval=0.1)
-        await asyncio.sleep(1.0)
-        pod.kill()  # with a backlog of uncommitted writes
+        await asyncio.sleep(1.0)  # the sleep is the test: a backlog of uncommitted writes
+        pod.kill()  # with that backlog
         filler.unlink()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # the sleep is the test: down a while, Discord buffering
         pod.start()
         await stack.wait_ready("gateway-0", timeout=60)
         sent = await sending

@@ -11,7 +11,6 @@ import json
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -19,203 +18,12 @@ from typing import Any
 import aiohttp
 import httptools
 import pytest
-from aiohttp import web
-from conftest import ADMIN, READ, free_port, running_config
+from conftest import ADMIN, eventually
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from router_proxy.auth import AuthSettings
-from router_proxy.proxy import ProxySettings
-from router_proxy.server import RunningProxy, start_proxy
+from stack import LIMITS, Responses, answers, closed_within, connect, edge_stack, pod_stack
 
 A = {"Authorization": f"Bearer {ADMIN}"}
-LIMITS = ProxySettings(
-    # these tests are about HTTP, not about who may ask: no login, no rate limit
-    auth=AuthSettings(no_auth=True, rate_limit_anon=1e9, rate_limit_user=1e9),
-    internal_token="inside",
-    upstream_timeout=2.0,
-    max_url_bytes=1024,
-    max_header_bytes=4096,
-    max_headers=20,
-    max_body_bytes=64 * 1024,
-    header_timeout=1.0,
-    body_timeout=1.0,
-    idle_timeout=1.0,
-    max_connections=50,
-)
-
-
-class EchoPod:
-    """Echoes the request id (``X-Req``), the body's length and a few headers."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.runner: web.AppRunner | None = None
-        self.seen_expect: list[str] = []
-        self.interaction_status = 200
-        self.interaction_calls = 0
-
-    async def start(self) -> None:
-        async def echo(request: web.Request) -> web.StreamResponse:
-            self.seen_expect.append(request.headers.get("Expect", ""))
-            if request.path == "/interactions":
-                self.interaction_calls += 1
-                if self.interaction_status != 200:
-                    return web.json_response({"error": "no"}, status=self.interaction_status)
-                return web.json_response({"type": 4, "data": {"content": "done"}})
-            if request.path.endswith("/early"):  # answers before reading the body
-                return web.json_response({"req": request.headers.get("X-Req", ""), "early": 1})
-            body = await request.read()
-            if request.path.endswith("/boom"):
-                return web.json_response({"error": "overflow"}, status=500)
-            if request.path.endswith("/slow"):
-                await asyncio.sleep(5)
-            return web.json_response(
-                {
-                    "req": request.headers.get("X-Req", ""),
-                    "path": request.path_qs,
-                    "len": len(body),
-                    "sum": sum(body) % 65521,
-                }
-            )
-
-        app = web.Application(client_max_size=16 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", echo)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-
-
-class RawPod:
-    """A pod that answers with exactly the bytes a test scripts (interim responses...)."""
-
-    def __init__(self, answer: bytes) -> None:
-        self.port = free_port()
-        self.answer = answer
-        self.server: asyncio.AbstractServer | None = None
-
-    async def start(self) -> None:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-                while True:
-                    await reader.readuntil(b"\r\n\r\n")
-                    writer.write(self.answer)
-                    await writer.drain()
-            writer.close()
-
-        self.server = await asyncio.start_server(handle, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-
-
-async def register(config_url: str, name: str, port: int) -> None:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.put(
-            f"{config_url}/v1/pods/{name}", json={"url": f"http://127.0.0.1:{port}"}, headers=A
-        ) as r,
-    ):
-        assert r.status == 200, await r.text()
-
-
-@contextlib.asynccontextmanager
-async def edge_stack(tmp_path, settings: ProxySettings = LIMITS) -> AsyncIterator[tuple]:
-    # the stand-in pods never heartbeat: they must not be swept offline mid-test
-    async with running_config(
-        f"sqlite:///{tmp_path}/c.db", shard_count=None, heartbeat_timeout=3600
-    ) as config:
-        pod = EchoPod()
-        await pod.start()
-        await register(config.url, "echo", pod.port)
-        proxy = await start_proxy(settings, config_url=config.url, read_token=READ)
-        try:
-            yield proxy, pod, config
-        finally:
-            await proxy.stop()
-            await pod.stop()
-
-
-@pytest.fixture
-async def edge(tmp_path):
-    async with edge_stack(tmp_path) as stack:
-        yield stack
-
-
-class Responses:
-    """Reads HTTP/1.1 responses off a raw connection, interim ones included."""
-
-    def __init__(self, reader: asyncio.StreamReader) -> None:
-        self.reader = reader
-        self.done: list[tuple[int, dict[str, str], bytes]] = []
-        self._status = 0
-        self._headers: dict[str, str] = {}
-        self._body = b""
-        self.parser = httptools.HttpResponseParser(self)
-        self.closed = False
-
-    def on_message_begin(self) -> None:
-        self._headers, self._body = {}, b""
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers[name.decode().lower()] = value.decode()
-
-    def on_headers_complete(self) -> None:
-        self._status = self.parser.get_status_code()
-
-    def on_body(self, body: bytes) -> None:
-        self._body += body
-
-    def on_message_complete(self) -> None:
-        self.done.append((self._status, self._headers, self._body))
-
-    async def read(
-        self, count: int, timeout: float = 5.0
-    ) -> list[tuple[int, dict[str, str], bytes]]:
-        """Until ``count`` responses (1xx included) or the close."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while len(self.done) < count and not self.closed:
-            left = deadline - loop.time()
-            if left <= 0:
-                break
-            try:
-                chunk = await asyncio.wait_for(self.reader.read(65536), left)
-            except TimeoutError:
-                break
-            except ConnectionError:
-                chunk = b""
-            if not chunk:
-                self.closed = True
-                break
-            self.parser.feed_data(chunk)
-        return self.done
-
-
-async def connect(proxy: RunningProxy) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    host, port = proxy.url.removeprefix("http://").split(":")
-    return await asyncio.open_connection(host, int(port))
-
-
-async def closed_within(reader: asyncio.StreamReader, seconds: float) -> bool:
-    """True if the proxy closes the connection within ``seconds`` (data before is drained)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while loop.time() < deadline:
-        try:
-            chunk = await asyncio.wait_for(reader.read(65536), deadline - loop.time())
-        except TimeoutError:
-            return False
-        except ConnectionError:
-            return True
-        if not chunk:
-            return True
-    return False
 
 
 # -- interim responses and Expect ------------------------------------------------------------
@@ -268,28 +76,21 @@ async def test_interim_responses_from_a_pod_never_end_the_exchange(tmp_path):
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
         % (len(final), final)
     )
-    async with edge_stack(tmp_path) as (proxy, _, config):
-        raw_pod = RawPod(answer)
-        await raw_pod.start()
-        await register(config.url, "echo", raw_pod.port)  # the only pod: every guild
-        await asyncio.sleep(1.5)  # the proxy polls the table once a second
-        try:
-            for _ in range(3):  # the second and third reuse the pooled connection
-                reader, writer = await connect(proxy)
-                writer.write(b"GET /api/guilds/42/x HTTP/1.1\r\nHost: p\r\n\r\n")
-                got = await Responses(reader).read(2)
-                assert [s for s, _, _ in got] == [103, 200]
-                assert got[0][1]["link"] == "</style.css>; rel=preload"
-                assert got[1][2] == final
-                writer.close()
-            # an HTTP/1.0 client gets no 1xx at all
+    async with pod_stack(tmp_path, lambda box: answers(answer, box)) as (proxy, _):
+        for _ in range(3):  # the second and third reuse the pooled connection
             reader, writer = await connect(proxy)
-            writer.write(b"GET /api/guilds/42/x HTTP/1.0\r\nHost: p\r\n\r\n")
-            got = await Responses(reader).read(2, timeout=2)
-            assert [s for s, _, _ in got] == [200]
+            writer.write(b"GET /api/guilds/42/x HTTP/1.1\r\nHost: p\r\n\r\n")
+            got = await Responses(reader).read(2)
+            assert [s for s, _, _ in got] == [103, 200]
+            assert got[0][1]["link"] == "</style.css>; rel=preload"
+            assert got[1][2] == final
             writer.close()
-        finally:
-            await raw_pod.stop()
+        # an HTTP/1.0 client gets no 1xx at all
+        reader, writer = await connect(proxy)
+        writer.write(b"GET /api/guilds/42/x HTTP/1.0\r\nHost: p\r\n\r\n")
+        got = await Responses(reader).read(2, timeout=2)
+        assert [s for s, _, _ in got] == [200]
+        writer.close()
 
 
 async def test_a_pod_answering_before_the_body_is_sent_is_not_pooled(edge):
@@ -408,7 +209,7 @@ async def test_a_slowloris_client_gets_408_and_is_closed(edge):
                 break
             writer.write(bytes([byte]))
             await writer.drain()
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # the sleep is the test: a byte every 100 ms
     got = await answer
     assert got and got[0][0] == 408
     assert loop.time() - started < 4  # 1 s header timeout, swept once a second
@@ -455,7 +256,7 @@ async def test_connections_over_the_cap_get_503(tmp_path):
         for _, w in held:
             w.close()
         writer.close()
-        await asyncio.sleep(0.2)
+        await eventually(lambda: not proxy.front.clients)  # the slots are free again
         async with aiohttp.ClientSession() as http, http.get(f"{proxy.url}/no-such-page") as r:
             assert r.status == 404
 
@@ -491,7 +292,7 @@ async def test_client_caused_failures_never_open_the_breaker(edge):
             )
             await writer.drain()
             writer.close()
-        await asyncio.sleep(0.3)
+        await eventually(lambda: not (proxy.front.clients or proxy.front.inflight))
         assert proxy.proxy.breaker_for("echo").state == "closed"
         async with http.get(f"{proxy.url}/api/guilds/42/x") as r:
             assert r.status == 200
@@ -610,7 +411,7 @@ def run_client(address: tuple[str, int], stream: bytes, cuts: list[int], expecte
                 except OSError:  # closed on us after garbage: what it answered still counts
                     break
                 start = cut
-                time.sleep(0.001)
+                time.sleep(0.001)  # the sleep is the test: each part arrives on its own
         deadline = time.monotonic() + 5
         while len(finals) < len(expected) and time.monotonic() < deadline:
             try:
@@ -681,7 +482,7 @@ def test_hostile_pipelined_split_requests_only_ever_get_their_own_answers(thread
 
 @pytest.fixture
 async def signed_edge(tmp_path):
-    from gateway_app.discord_sim.signing import Signer
+    from discord_sim.signing import Signer
 
     signer = Signer("22" * 32)
     settings = replace(LIMITS, discord_public_key=signer.public_key_hex, interaction_deadline=1.0)
@@ -739,11 +540,8 @@ async def test_an_interaction_the_pod_cannot_take_now_is_deferred_and_retried(si
     assert proxy.proxy.background, "a deferred delivery keeps trying"
     calls = pod.interaction_calls
     pod.interaction_status = 200
-    for _ in range(50):
-        if not proxy.proxy.background:
-            break
-        await asyncio.sleep(0.1)
-    assert not proxy.proxy.background and pod.interaction_calls > calls
+    await eventually(lambda: not proxy.proxy.background, timeout=5, interval=0.1)
+    assert pod.interaction_calls > calls
 
 
 async def test_guild_ids_beyond_what_the_stores_hold_are_refused_at_the_edge(edge):

@@ -7,97 +7,26 @@ Every case talks raw bytes to a real proxy in front of real upstreams on loopbac
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 
 import pytest
 from aiohttp import web
-from conftest import READ, free_port, running_config
-from test_edge import LIMITS, Responses, closed_within, connect, edge_stack, register
-
-from router_proxy.server import RunningProxy, start_proxy
-
-Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-class ScriptPod:
-    """A pod whose every connection runs ``script`` (garbage, stalls, odd framing)."""
-
-    def __init__(self, script: Script) -> None:
-        self.port = free_port()
-        self.script = script
-        self.requests = 0
-        self.server: asyncio.AbstractServer | None = None
-
-    async def start(self) -> None:
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-                await self.script(reader, writer)
-            writer.close()
-
-        self.server = await asyncio.start_server(handle, "127.0.0.1", self.port)
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-
-
-def answers(answer: bytes, pod_box: list[ScriptPod]) -> Script:
-    """Answer every request head with ``answer`` (no body is read: GETs only)."""
-
-    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while True:
-            await reader.readuntil(b"\r\n\r\n")
-            pod_box[0].requests += 1
-            writer.write(answer)
-            await writer.drain()
-
-    return script
-
-
-@contextlib.asynccontextmanager
-async def pod_stack(
-    tmp_path, script_for: Callable[[list[ScriptPod]], Script], settings=LIMITS
-) -> AsyncIterator[tuple[RunningProxy, ScriptPod]]:
-    """A proxy whose only pod runs a script: every guild goes to it."""
-    async with running_config(
-        f"sqlite:///{tmp_path}/c.db", shard_count=None, heartbeat_timeout=3600
-    ) as config:
-        box: list[ScriptPod] = []
-        pod = ScriptPod(lambda r, w: script_for(box)(r, w))
-        box.append(pod)
-        await pod.start()
-        await register(config.url, "raw", pod.port)
-        proxy = await start_proxy(settings, config_url=config.url, read_token=READ)
-        try:
-            yield proxy, pod
-        finally:
-            await proxy.stop()
-            await pod.stop()
-
-
-async def settled(proxy: RunningProxy, seconds: float = 1.5) -> None:
-    """Nothing is left behind once every client has gone: no client, no exchange in
-    flight, at most a handful of idle pooled upstream connections, none owing bytes."""
-    front = proxy.front
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while loop.time() < deadline and (front.clients or front.inflight):
-        await asyncio.sleep(0.05)
-    assert not front.clients, f"{len(front.clients)} client connections left open"
-    assert not front.inflight, f"{len(front.inflight)} exchanges left in flight"
-    for idle in front.pool.idle.values():
-        assert len(idle) <= 4
-        assert all(conn.exchange is None and not conn.closed for conn in idle)
-
-
-@pytest.fixture
-async def edge(tmp_path):
-    async with edge_stack(tmp_path) as stack:
-        yield stack
-
+from conftest import AppServer
+from stack import (
+    LIMITS,
+    HeaderPod,
+    Responses,
+    Script,
+    ScriptPod,
+    answers,
+    closed_within,
+    connect,
+    edge_stack,
+    pod_stack,
+    replacing_pod,
+    settled,
+)
 
 # -- request smuggling: refused at the door, never forwarded (held) --------------------------
 
@@ -155,51 +84,22 @@ async def test_chunk_extensions_and_trailers_are_not_forwarded(edge):
 # -- forged credentials and identities (held) --------------------------------------------------
 
 
-class HeaderPod:
-    """Answers every request with the headers it received, repeated ones included."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        async def echo(request: web.Request) -> web.Response:
-            await request.read()
-            return web.json_response(
-                {"path": request.raw_path, "headers": [[k, v] for k, v in request.headers.items()]}
-            )
-
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", echo)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-
-
 async def test_a_client_cannot_add_or_override_the_credentials_the_proxy_sends(tmp_path):
-    async with edge_stack(tmp_path) as (proxy, _, config):
-        pod = HeaderPod()
-        await pod.start()
-        await register(config.url, "echo", pod.port)  # same name: the table keeps its version
-        await proxy.tables.refresh()
-        try:
-            reader, writer = await connect(proxy)
-            writer.write(
-                b"GET /api/guilds/42/x HTTP/1.1\r\nHost: p\r\n"
-                b"Authorization: Bearer inside\r\nauthorization: Bearer mine\r\n"
-                b"X-Modbot-Identity: forged\r\nx-modbot-identity: forged2\r\n"
-                b"X-MODBOT-POD: other\r\nCookie: modbot_session=x\r\n"
-                b"Connection: keep-alive, X-Keep\r\nX-Keep: dropped\r\n"
-                b"X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 7.7.7.7\r\n\r\n"
-            )
-            (status, _, body), *_ = await Responses(reader).read(1)
-            writer.close()
-        finally:
-            await pod.stop()
+    async with (
+        edge_stack(tmp_path) as (proxy, _, config),
+        replacing_pod(proxy, config, HeaderPod()),  # same name: the table keeps its version
+    ):
+        reader, writer = await connect(proxy)
+        writer.write(
+            b"GET /api/guilds/42/x HTTP/1.1\r\nHost: p\r\n"
+            b"Authorization: Bearer inside\r\nauthorization: Bearer mine\r\n"
+            b"X-Modbot-Identity: forged\r\nx-modbot-identity: forged2\r\n"
+            b"X-MODBOT-POD: other\r\nCookie: modbot_session=x\r\n"
+            b"Connection: keep-alive, X-Keep\r\nX-Keep: dropped\r\n"
+            b"X-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 7.7.7.7\r\n\r\n"
+        )
+        (status, _, body), *_ = await Responses(reader).read(1)
+        writer.close()
     assert status == 200
     headers = json.loads(body)["headers"]
     names = [k.lower() for k, _ in headers]
@@ -325,7 +225,7 @@ async def test_a_pod_that_says_100_continue_then_hangs_times_out(tmp_path):
             await reader.readuntil(b"\r\n\r\n")
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             await writer.drain()
-            await asyncio.sleep(5)
+            await asyncio.sleep(5)  # then hangs, past the proxy's upstream timeout
 
         return script
 
@@ -349,7 +249,7 @@ async def test_a_close_delimited_pod_answer_is_relayed_whole(tmp_path):
             await reader.readuntil(b"\r\n\r\n")
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of ")
             await writer.drain()
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)  # the answer comes in two parts
             writer.write(b"it")
             await writer.drain()  # then close
 
@@ -367,21 +267,17 @@ async def test_a_close_delimited_pod_answer_is_relayed_whole(tmp_path):
 # -- pipelining: pauses we cause are not the client's slowness; buffers are bounded --------
 
 
-class SlowFirstPod(HeaderPod):
+class SlowFirstPod(AppServer):
     """Echo, but ``/slow`` takes 1.3 s."""
 
-    async def start(self) -> None:
-        async def echo(request: web.Request) -> web.Response:
-            body = await request.read()
-            if request.path.endswith("/slow"):
-                await asyncio.sleep(1.3)
-            return web.json_response({"req": request.headers.get("X-Req", ""), "len": len(body)})
+    def __init__(self) -> None:
+        super().__init__(self.echo, client_max_size=4 * 1024 * 1024)
 
-        app = web.Application(client_max_size=4 * 1024 * 1024)
-        app.router.add_route("*", "/{tail:.*}", echo)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+    async def echo(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if request.path.endswith("/slow"):
+            await asyncio.sleep(1.3)  # the slow request the others queue behind
+        return web.json_response({"req": request.headers.get("X-Req", ""), "len": len(body)})
 
 
 async def test_a_client_we_stopped_reading_is_not_timed_out_for_it(tmp_path):
@@ -389,29 +285,25 @@ async def test_a_client_we_stopped_reading_is_not_timed_out_for_it(tmp_path):
     last queued request's body deadline kept running while nobody read it, so a
     well-behaved pipelining client got 408 and lost every answer owed to it."""
     settings = replace(LIMITS, body_timeout=0.25)
-    async with edge_stack(tmp_path, settings) as (proxy, _, config):
-        pod = SlowFirstPod()
-        await pod.start()
-        await register(config.url, "echo", pod.port)
-        await proxy.tables.refresh()
-        try:
-            reader, writer = await connect(proxy)
-            stream = b"GET /api/guilds/42/slow HTTP/1.1\r\nHost: p\r\nX-Req: 0\r\n\r\n"
-            for i in range(1, 9):
-                stream += b"POST /api/guilds/42/x HTTP/1.1\r\nHost: p\r\nX-Req: %d\r\n" % i
-                stream += b"Content-Length: 4\r\n\r\n"
-                if i < 8:
-                    stream += b"body"
-            writer.write(stream)  # the 8th queued request fills the queue: reading stops
-            await asyncio.sleep(0.3)
-            writer.write(b"body" + b"GET /api/guilds/42/x HTTP/1.1\r\nHost: p\r\nX-Req: 9\r\n\r\n")
-            got = await Responses(reader).read(10, timeout=4)
-            assert [s for s, _, _ in got] == [200] * 10, got
-            assert [json.loads(b)["req"] for _, _, b in got] == [str(i) for i in range(10)]
-            writer.close()
-            await settled(proxy)
-        finally:
-            await pod.stop()
+    async with (
+        edge_stack(tmp_path, settings) as (proxy, _, config),
+        replacing_pod(proxy, config, SlowFirstPod()),
+    ):
+        reader, writer = await connect(proxy)
+        stream = b"GET /api/guilds/42/slow HTTP/1.1\r\nHost: p\r\nX-Req: 0\r\n\r\n"
+        for i in range(1, 9):
+            stream += b"POST /api/guilds/42/x HTTP/1.1\r\nHost: p\r\nX-Req: %d\r\n" % i
+            stream += b"Content-Length: 4\r\n\r\n"
+            if i < 8:
+                stream += b"body"
+        writer.write(stream)  # the 8th queued request fills the queue: reading stops
+        await asyncio.sleep(0.3)  # the sleep is the test: past the 0.25 s body deadline
+        writer.write(b"body" + b"GET /api/guilds/42/x HTTP/1.1\r\nHost: p\r\nX-Req: 9\r\n\r\n")
+        got = await Responses(reader).read(10, timeout=4)
+        assert [s for s, _, _ in got] == [200] * 10, got
+        assert [json.loads(b)["req"] for _, _, b in got] == [str(i) for i in range(10)]
+        writer.close()
+        await settled(proxy)
 
 
 async def test_pipelined_bodies_behind_a_slow_request_are_not_all_buffered(tmp_path):
@@ -419,33 +311,30 @@ async def test_pipelined_bodies_behind_a_slow_request_are_not_all_buffered(tmp_p
     max body per connection (8 MiB at the defaults, x the connection cap). At most about
     one body's worth may wait in memory; then the socket stops being read."""
     settings = replace(LIMITS, max_body_bytes=256 * 1024, body_timeout=5)
-    async with edge_stack(tmp_path, settings) as (proxy, _, config):
-        pod = SlowFirstPod()
-        await pod.start()
-        await register(config.url, "echo", pod.port)
-        await proxy.tables.refresh()
-        try:
-            reader, writer = await connect(proxy)
-            body = b"b" * (256 * 1024)
-            writer.write(b"GET /api/guilds/42/slow HTTP/1.1\r\nHost: p\r\nX-Req: 0\r\n\r\n")
-            for i in range(1, 8):
-                writer.write(
-                    b"PUT /api/guilds/42/x HTTP/1.1\r\nHost: p\r\nX-Req: %d\r\n"
-                    b"Content-Length: %d\r\n\r\n%s" % (i, len(body), body)
-                )
-            await asyncio.sleep(0.6)  # the slow one is still running
-            (client,) = proxy.front.clients
-            queued = sum(len(part) for exchange in client.pending for part in (exchange.body or ()))
-            current = client.current_in
-            if current is not None and current is not client.exchange:
-                queued += sum(len(part) for part in current.body or ())
-            assert queued <= 2 * len(body), f"{queued} bytes of queued bodies buffered"
-            got = await Responses(reader).read(8, timeout=4)
-            assert [json.loads(b)["len"] for _, _, b in got] == [0] + [len(body)] * 7
-            writer.close()
-            await settled(proxy)
-        finally:
-            await pod.stop()
+    async with (
+        edge_stack(tmp_path, settings) as (proxy, _, config),
+        replacing_pod(proxy, config, SlowFirstPod()),
+    ):
+        reader, writer = await connect(proxy)
+        body = b"b" * (256 * 1024)
+        writer.write(b"GET /api/guilds/42/slow HTTP/1.1\r\nHost: p\r\nX-Req: 0\r\n\r\n")
+        for i in range(1, 8):
+            writer.write(
+                b"PUT /api/guilds/42/x HTTP/1.1\r\nHost: p\r\nX-Req: %d\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (i, len(body), body)
+            )
+        # the sleep is the test: the proxy buffers all it would while the slow one runs
+        await asyncio.sleep(0.6)
+        (client,) = proxy.front.clients
+        queued = sum(len(part) for exchange in client.pending for part in (exchange.body or ()))
+        current = client.current_in
+        if current is not None and current is not client.exchange:
+            queued += sum(len(part) for part in current.body or ())
+        assert queued <= 2 * len(body), f"{queued} bytes of queued bodies buffered"
+        got = await Responses(reader).read(8, timeout=4)
+        assert [json.loads(b)["len"] for _, _, b in got] == [0] + [len(body)] * 7
+        writer.close()
+        await settled(proxy)
 
 
 async def test_a_burst_of_pipelined_requests_does_not_wedge_the_connection(edge):
@@ -469,39 +358,6 @@ async def test_a_burst_of_pipelined_requests_does_not_wedge_the_connection(edge)
 
 
 # -- the login integration on the fast path ------------------------------------------------
-
-
-async def test_the_identity_cache_is_bounded_in_bytes_not_only_in_entries(edge, monkeypatch):
-    """Verified reads are cached under (Cookie, Authorization, method, target): the whole
-    Cookie header (padded with junk cookies up to the header limit) and the whole target
-    are kept, and the identity embeds the target again. 8192 entries at the default
-    limits (8 KiB target, 32 KiB headers) is ~400 MiB that one signed-in user fills in
-    under three minutes at its rate limit. The cache must be bounded in bytes."""
-    from router_proxy import login
-
-    budget = 256 * 1024
-    monkeypatch.setattr(login, "IDENTITY_CACHE_BYTES", budget, raising=False)
-    proxy, _, _ = edge
-    gate = proxy.proxy.gate
-    reader, writer = await connect(proxy)
-    responses = Responses(reader)
-    junk = b"Cookie: pad=" + b"j" * 2500 + b"\r\n"
-    for batch in range(4):
-        writer.write(
-            b"".join(
-                b"GET /api/guilds/42/%d-%s HTTP/1.1\r\nHost: p\r\n%s\r\n"
-                % (batch * 20 + i, b"u" * 900, junk)
-                for i in range(20)
-            )
-        )
-        got = await responses.read((batch + 1) * 20, timeout=3)
-        assert len(got) == (batch + 1) * 20 and {s for s, _, _ in got} == {200}
-    writer.close()
-    held = sum(
-        sum(len(part) for part in key if isinstance(part, bytes)) + len(value[0])
-        for key, value in gate._identities.items()
-    )
-    assert held <= budget + 16 * 1024, f"{held} bytes of cached identities"
 
 
 async def test_a_spoofed_forwarded_for_line_does_not_escape_the_rate_limit(tmp_path):
@@ -530,24 +386,23 @@ async def test_a_spoofed_forwarded_for_line_does_not_escape_the_rate_limit(tmp_p
 # -- routing: nothing outside /api/guilds/... of a pod is reachable (held) ------------------
 
 
-class RoutedPod(HeaderPod):
+class RoutedPod(AppServer):
     """The pod's real route shapes: a guild API, /interactions, the migration API."""
 
-    async def start(self) -> None:
+    def __init__(self) -> None:
+        super().__init__(
+            {
+                ("*", "/api/guilds/{guild_id}/settings"): self.hit,
+                ("POST", "/interactions"): self.hit,
+                ("GET", "/internal/table"): self.hit,
+                ("GET", "/data/guilds/{guild_id}"): self.hit,
+            }
+        )
         self.reached: list[str] = []
 
-        async def hit(request: web.Request) -> web.Response:
-            self.reached.append(request.match_info.route.resource.canonical)
-            return web.json_response({"reached": request.match_info.route.resource.canonical})
-
-        app = web.Application()
-        app.router.add_route("*", "/api/guilds/{guild_id}/settings", hit)
-        app.router.add_post("/interactions", hit)
-        app.router.add_get("/internal/table", hit)
-        app.router.add_get("/data/guilds/{guild_id}", hit)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+    async def hit(self, request: web.Request) -> web.Response:
+        self.reached.append(request.match_info.route.resource.canonical)
+        return web.json_response({"reached": request.match_info.route.resource.canonical})
 
 
 TRAVERSALS = [
@@ -564,26 +419,22 @@ TRAVERSALS = [
 
 
 async def test_no_request_target_reaches_a_pod_route_outside_the_guild_api(tmp_path):
-    async with edge_stack(tmp_path) as (proxy, _, config):
-        pod = RoutedPod()
-        await pod.start()
-        await register(config.url, "echo", pod.port)
-        await proxy.tables.refresh()
-        try:
-            for line in TRAVERSALS:
-                reader, writer = await connect(proxy)
-                writer.write(line + b" HTTP/1.1\r\nHost: p\r\nContent-Length: 2\r\n\r\n{}")
-                got = await Responses(reader).read(1, timeout=2)
-                assert got and got[0][0] in (400, 404), (line, got)
-                writer.close()
-            reader, writer = await connect(proxy)  # the control: the API itself is reached
-            writer.write(b"GET /api/guilds/42/settings HTTP/1.1\r\nHost: p\r\n\r\n")
-            assert (await Responses(reader).read(1))[0][0] == 200
+    async with (
+        edge_stack(tmp_path) as (proxy, _, config),
+        replacing_pod(proxy, config, RoutedPod()) as pod,
+    ):
+        for line in TRAVERSALS:
+            reader, writer = await connect(proxy)
+            writer.write(line + b" HTTP/1.1\r\nHost: p\r\nContent-Length: 2\r\n\r\n{}")
+            got = await Responses(reader).read(1, timeout=2)
+            assert got and got[0][0] in (400, 404), (line, got)
             writer.close()
-            assert pod.reached == ["/api/guilds/{guild_id}/settings"]
-            await settled(proxy)
-        finally:
-            await pod.stop()
+        reader, writer = await connect(proxy)  # the control: the API itself is reached
+        writer.write(b"GET /api/guilds/42/settings HTTP/1.1\r\nHost: p\r\n\r\n")
+        assert (await Responses(reader).read(1))[0][0] == 200
+        writer.close()
+        assert pod.reached == ["/api/guilds/{guild_id}/settings"]
+        await settled(proxy)
 
 
 async def test_trace_never_echoes_the_proxys_credentials_back(tmp_path):
@@ -591,22 +442,18 @@ async def test_trace_never_echoes_the_proxys_credentials_back(tmp_path):
     token and a signed identity: anything upstream that answers TRACE as RFC 9110
     §9.3.8 says (an echo of the request) hands a client the token that opens
     ``/interactions`` on every pod. Nothing here needs TRACE: 405 at the door."""
-    async with edge_stack(tmp_path) as (proxy, _, config):
-        pod = HeaderPod()
-        await pod.start()
-        await register(config.url, "echo", pod.port)
-        await proxy.tables.refresh()
-        try:
-            for target in (b"/api/guilds/42/x", b"/no-such-page"):
-                reader, writer = await connect(proxy)
-                writer.write(b"TRACE %s HTTP/1.1\r\nHost: p\r\n\r\n" % target)
-                got = await Responses(reader).read(1, timeout=2)
-                writer.close()
-                assert got and got[0][0] == 405, got
-                assert b"inside" not in got[0][2] and "error" in json.loads(got[0][2])
-            await settled(proxy)
-        finally:
-            await pod.stop()
+    async with (
+        edge_stack(tmp_path) as (proxy, _, config),
+        replacing_pod(proxy, config, HeaderPod()),
+    ):
+        for target in (b"/api/guilds/42/x", b"/no-such-page"):
+            reader, writer = await connect(proxy)
+            writer.write(b"TRACE %s HTTP/1.1\r\nHost: p\r\n\r\n" % target)
+            got = await Responses(reader).read(1, timeout=2)
+            writer.close()
+            assert got and got[0][0] == 405, got
+            assert b"inside" not in got[0][2] and "error" in json.loads(got[0][2])
+        await settled(proxy)
 
 
 async def test_a_non_idempotent_request_is_never_sent_twice(tmp_path):

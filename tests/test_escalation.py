@@ -13,8 +13,9 @@ import pytest
 from conftest import PG_URL, eventually
 from stack import running_stack
 
-from config_store.client.monolith_schema import seconds
-from gateway_app.discord_sim.world import User
+from config_store.api import MIGRATOR_KEY
+from discord_sim.world import User
+from modbot_client.monolith_schema import seconds
 
 TIMEOUT = "60"  # MODBOT_ESCALATION_TIMEOUT for the stack: no deadline fires unless a test wants
 
@@ -251,9 +252,9 @@ async def short_stack(tmp_path, pg_schema, monkeypatch):
 
 @pytest.fixture
 async def slow_stack(tmp_path, pg_schema, monkeypatch):
-    """A slow migration (4 s a step) and a deadline 12 s after the vote starts: it falls
-    due while the guild is frozen on the source (the freeze lasts from about 8 s to 20 s;
-    margins of 4 s or more each side, so a loaded machine's slower steps keep it there)."""
+    """A slow migration (4 s a step) and a deadline 12 s after the vote starts: the source
+    freezes about 4 s into the migration, well before the deadline (a loaded machine has
+    7 s of margin there); the test then holds the flip until the deadline has passed."""
     monkeypatch.setenv("MODBOT_ESCALATION_TIMEOUT", "13.5")  # x (1 - 1/9): 12 s
     monkeypatch.setenv("MODBOT_FEATURE_TICK", "0.1")
     async with running_stack(
@@ -273,12 +274,27 @@ async def test_a_deadline_passing_during_the_migration_resolves_once_on_the_new_
     [(_, _, _, scheduled)] = g.row(source)
     due = seconds(scheduled)
     migration = await stack.migrate(g.guild.id, target)
+    migrator = stack.config.app[MIGRATOR_KEY]
     due_while_moving = False
-    while (m := await stack.migration(migration["id"]))["state"] not in ("done", "rolled_back"):
-        if time.time() > due + 0.5 and m["state"] in ("frozen", "imported", "flipped"):
-            due_while_moving = True  # due, but frozen on the source, not live on the target
-            assert g.resolution_notices() == [], (m["detail"], due)
-        await asyncio.sleep(0.05)
+    while True:
+        # Read the notices, then the state: a notice seen then was posted in that state or
+        # an earlier one. Before the flip no pod serves the guild (frozen on the source,
+        # held on the target), so none may resolve it; from the target's replay on (which
+        # may precede the record of ``replayed``) the target may.
+        now, notices = time.time(), g.resolution_notices()
+        m = await stack.migration(migration["id"])
+        if m["state"] in ("done", "rolled_back"):
+            break
+        if m["state"] in ("frozen", "imported"):
+            # hold the flip until the deadline has passed by 3 s, however slow the machine:
+            # the step after ``imported`` sleeps what step_delay is when it starts
+            migrator.step_delay = max(0.2, due + 3 - time.time())
+            if now > due + 0.5:
+                due_while_moving = True  # due, but frozen on the source, not live on the target
+                assert notices == [], (m["state"], m["detail"], due)
+        elif m["state"] != "prepared":
+            migrator.step_delay = 0.2  # past the flip: no need to wait any longer
+        await asyncio.sleep(0.05)  # the poll's pace
     assert m["state"] == "done", m
     assert due_while_moving, ("the deadline must fall due while frozen", m["detail"], due)
     await eventually(lambda: g.banned() and len(g.resolution_notices()) == 1, timeout=15)

@@ -9,84 +9,54 @@ import json
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import ADMIN, READ, free_port, running_config
+from conftest import ADMIN, AppServer
+from stack import proxy_before
 
 from router_proxy.auth import AuthSettings
 from router_proxy.proxy import ProxySettings
-from router_proxy.server import start_proxy
 
 A = {"Authorization": f"Bearer {ADMIN}"}
 
 
-class EchoPod:
+class EchoPod(AppServer):
     """A pod stand-in that echoes what it received, on a port it can give up and retake."""
 
     def __init__(self) -> None:
-        self.port = free_port()
-        self.runner: web.AppRunner | None = None
+        super().__init__(self.echo)
 
-    async def start(self) -> None:
-        async def echo(request: web.Request) -> web.StreamResponse:
-            body = await request.read()
-            if request.path.endswith("/slow"):
-                await asyncio.sleep(3)
-            if request.path.endswith("/big"):
-                resp = web.StreamResponse()
-                await resp.prepare(request)
-                for i in range(64):
-                    await resp.write(bytes([65 + i % 26]) * 16384)
-                await resp.write_eof()
-                return resp
-            return web.json_response(
-                {
-                    "path": request.path_qs,
-                    "method": request.method,
-                    "body": body.decode(),
-                    "te": request.headers.get("Transfer-Encoding", ""),
-                    "auth": request.headers.get("Authorization", ""),
-                    "rid": request.headers.get("X-Request-Id", ""),
-                }
-            )
-
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", echo)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
+    async def echo(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        if request.path.endswith("/slow"):
+            await asyncio.sleep(3)  # slower than the proxy's 1 s upstream timeout
+        if request.path.endswith("/big"):
+            resp = web.StreamResponse()
+            await resp.prepare(request)
+            for i in range(64):
+                await resp.write(bytes([65 + i % 26]) * 16384)
+            await resp.write_eof()
+            return resp
+        return web.json_response(
+            {
+                "path": request.path_qs,
+                "method": request.method,
+                "body": body.decode(),
+                "te": request.headers.get("Transfer-Encoding", ""),
+                "auth": request.headers.get("Authorization", ""),
+                "rid": request.headers.get("X-Request-Id", ""),
+            }
+        )
 
 
 @pytest.fixture
 async def proxied(tmp_path):
-    async with running_config(f"sqlite:///{tmp_path}/c.db", shard_count=None) as config:
-        pod = EchoPod()
-        await pod.start()
-        async with (
-            aiohttp.ClientSession() as http,
-            http.put(
-                f"{config.url}/v1/pods/echo",
-                json={"url": f"http://127.0.0.1:{pod.port}"},
-                headers=A,
-            ) as r,
-        ):
-            assert r.status == 200
-        proxy = await start_proxy(
-            ProxySettings(
-                internal_token="inside",
-                upstream_timeout=1.0,
-                auth=AuthSettings(no_auth=True, rate_limit_anon=0, rate_limit_user=0),
-            ),
-            config_url=config.url,
-            read_token=READ,
-        )
-        try:
-            yield proxy, pod
-        finally:
-            await proxy.stop()
-            await pod.stop()
+    settings = ProxySettings(
+        internal_token="inside",
+        upstream_timeout=1.0,
+        auth=AuthSettings(no_auth=True, rate_limit_anon=0, rate_limit_user=0),
+    )
+    pod = EchoPod()
+    async with proxy_before(tmp_path, pod, "echo", settings) as (proxy, _):
+        yield proxy, pod
 
 
 async def raw(url: str, payload: bytes, *, until: int = 1) -> bytes:

@@ -19,8 +19,8 @@ from test_escalation import Guild, answer, settled
 from test_honeypot import post
 from test_reactji import forwarded, react
 
+from discord_sim.world import User
 from gateway_app import storage
-from gateway_app.discord_sim.world import User
 from gateway_app.feature_tables import TABLES as POD_FEATURE_TABLES
 
 FEATURE_TABLES = (

@@ -13,8 +13,16 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from conftest import ADMIN, PG_URL, READ, eventually, free_port, running_config
+from conftest import (
+    ADMIN,
+    PG_URL,
+    READ,
+    HoldingPods,
+    add_pods,
+    eventually,
+    free_port,
+    running_config,
+)
 from stack import running_stack
 
 from config_store.migrator import even_shard_pins
@@ -72,31 +80,6 @@ def test_nothing_to_spread_without_shards_or_active_pods() -> None:
     assert even_shard_pins(drained) is None
 
 
-class _Pods:
-    """Stand-ins for the pods' ``/internal/guilds`` (the only pod call a join makes)."""
-
-    def __init__(self) -> None:
-        self.holdings: dict[str, list[str]] = {}
-        self.runners: list[web.AppRunner] = []
-
-    async def start(self, name: str) -> str:
-        async def guilds(_: web.Request) -> web.Response:
-            return web.json_response({"pod": name, "guilds": self.holdings.get(name, [])})
-
-        app = web.Application()
-        app.router.add_get("/internal/guilds", guilds)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        self.runners.append(runner)
-        return f"http://127.0.0.1:{port}"
-
-    async def stop(self) -> None:
-        for runner in self.runners:
-            await runner.cleanup()
-
-
 async def _table(http: aiohttp.ClientSession, url: str) -> RoutingTable:
     async with http.get(f"{url}/v1/table", headers={"Authorization": f"Bearer {READ}"}) as r:
         assert r.status == 200
@@ -104,29 +87,24 @@ async def _table(http: aiohttp.ClientSession, url: str) -> RoutingTable:
     return RoutingTable.from_dict(body.get("table", body))
 
 
-async def _register(http: aiohttp.ClientSession, url: str, name: str, pod_url: str) -> None:
-    async with http.put(f"{url}/v1/pods/{name}", json={"url": pod_url}, headers=A) as r:
-        assert r.status == 200, await r.text()
-
-
 async def test_joins_spread_until_data_then_hold(pg_schema: str) -> None:
     """Happy then hostile: empty pods each get their share as they register; once a pod
     holds guild rows, the next join moves nothing (every shard held where it is)."""
-    pods = _Pods()
+    pods = HoldingPods()
     try:
         async with (
             running_config(PG_URL, pg_schema, shard_count=4, migration_token="m") as svc,
             aiohttp.ClientSession() as http,
         ):
             for i in range(3):
-                await _register(http, svc.url, f"gateway-{i}", await pods.start(f"gateway-{i}"))
+                await add_pods(svc.url, {f"gateway-{i}": await pods.start(f"gateway-{i}")})
             table = await _table(http, svc.url)
             assert sorted(_counts(table).values()) == [1, 1, 2]
             assert set(table.shard_pins.values()) <= set(table.pods)
             # a pod now holds rows of a guild: the cluster has data
             pods.holdings["gateway-0"] = ["81384788765712384"]
             before = {s: table.shard_owner(s) for s in range(4)}
-            await _register(http, svc.url, "gateway-3", await pods.start("gateway-3"))
+            await add_pods(svc.url, {"gateway-3": await pods.start("gateway-3")})
             table = await _table(http, svc.url)
             assert {s: table.shard_owner(s) for s in range(4)} == before
             assert table.shards_for("gateway-3") == ()
@@ -136,19 +114,19 @@ async def test_joins_spread_until_data_then_hold(pg_schema: str) -> None:
 
 async def test_reported_load_counts_as_data(pg_schema: str) -> None:
     """Hostile: a pod that reports load (even with no rows listed) stops the spread."""
-    pods = _Pods()
+    pods = HoldingPods()
     try:
         async with (
             running_config(PG_URL, pg_schema, shard_count=4, migration_token="m") as svc,
             aiohttp.ClientSession() as http,
         ):
-            await _register(http, svc.url, "gateway-0", await pods.start("gateway-0"))
+            await add_pods(svc.url, {"gateway-0": await pods.start("gateway-0")})
             load = {"load": {"guilds": {"81384788765712384": 3.0}, "at": 1.0}}
             async with http.post(
                 f"{svc.url}/v1/pods/gateway-0/heartbeat", json=load, headers=A
             ) as r:
                 assert r.status == 200, await r.text()
-            await _register(http, svc.url, "gateway-1", await pods.start("gateway-1"))
+            await add_pods(svc.url, {"gateway-1": await pods.start("gateway-1")})
             table = await _table(http, svc.url)
             assert _counts(table) == Counter({"gateway-0": 4})
     finally:
@@ -160,20 +138,20 @@ async def test_unreachable_pod_is_not_spread_from_and_the_join_still_succeeds(
 ) -> None:
     """Fault: the pod that would give up shards does not answer (its port is closed): the
     config service cannot know it is empty, so nothing moves; registering still answers."""
-    pods = _Pods()
+    pods = HoldingPods()
     try:
         async with (
             running_config(PG_URL, pg_schema, shard_count=4, migration_token="m") as svc,
             aiohttp.ClientSession() as http,
         ):
             dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
-            await _register(http, svc.url, "gateway-0", dead)
-            await _register(http, svc.url, "gateway-1", dead)
+            await add_pods(svc.url, {"gateway-0": dead})
+            await add_pods(svc.url, {"gateway-1": dead})
             table = await asyncio.wait_for(_table(http, svc.url), 5)
             assert table.shard_pins == {}  # the ring's answer, untouched
             # once it answers (restarted), the next registration spreads
-            await _register(http, svc.url, "gateway-0", await pods.start("gateway-0"))
-            await _register(http, svc.url, "gateway-1", await pods.start("gateway-1"))
+            await add_pods(svc.url, {"gateway-0": await pods.start("gateway-0")})
+            await add_pods(svc.url, {"gateway-1": await pods.start("gateway-1")})
             table = await _table(http, svc.url)
             assert sorted(_counts(table).values()) == [2, 2]
     finally:
@@ -185,7 +163,12 @@ async def test_fresh_stack_every_pod_opens_its_share(tmp_path: Any) -> None:
     """End to end (the reported bug): tests/stack.py's 3 pods on 4 shards each open
     sessions; before the fix gateway-2 held all 4 and the others none."""
     async with running_stack(
-        tmp_path, f"sqlite:///{tmp_path}/config.db", pods=3, guilds=8, shard_count=4
+        tmp_path,
+        f"sqlite:///{tmp_path}/config.db",
+        pods=3,
+        guilds=8,
+        shard_count=4,
+        register_first=False,  # the pods join one by one, as they register themselves
     ) as st:
         table = await _table(st.http, st.config.url)
         shares = {p: table.shards_for(p) for p in st.pods}

@@ -122,10 +122,7 @@ async def test_a_pinned_guild_is_served_only_by_its_pinned_pod(stack):
     assert shard in stack.proxy.tables.table.shards_for(
         away
     )  # the pinned pod also opened the guild's shard
-    async with stack.http.post(
-        f"{stack.sim.url}/control/messages", json={"guild_id": str(guild.id), "count": 30}
-    ) as r:
-        assert (await r.json())["sent"] == 30
+    assert (await stack.send_messages([guild.id], 30))["sent"] == 30
 
     async def landed():
         await stack.flush_pods()
@@ -187,7 +184,7 @@ async def test_internal_api_requires_the_token_and_refuses_foreign_guilds(stack)
         f"{other.url}/data/guilds/abc", headers=stack.pod_headers("GET", "/data/guilds/abc", "abc")
     ) as r:
         assert r.status == 400
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # a yield, not a wait: the closed responses' callbacks run
 
 
 async def test_sim_cli_and_resume_after_a_dropped_gateway_connection(stack):

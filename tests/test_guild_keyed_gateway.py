@@ -15,8 +15,8 @@ import pytest
 from conftest import eventually, free_port
 from stack import running_stack
 
+from discord_sim.server import RunningSim, start_sim
 from gateway_app.bot import GatewayClient, RecentEvents
-from gateway_app.discord_sim.server import RunningSim, start_sim
 from gateway_app.discordpy import point_at
 from gateway_app.shards import ShardSupervisor, gateway_bot_shards
 from modbot_ring import Pod, PodState, RoutingTable

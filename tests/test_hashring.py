@@ -58,6 +58,7 @@ def test_deterministic_across_processes_and_hash_seeds():
     assert len(outs) == 1
 
 
+@pytest.mark.slow  # 20 rings of 2-6 nodes built twice: about 8 s of CPU
 @settings(max_examples=20, deadline=None)
 @given(st.sets(names, min_size=2, max_size=6), st.data())
 def test_removing_a_node_moves_only_its_keys(nodes, data):
@@ -162,6 +163,7 @@ def weighted_rings(nodes):
     return st.fixed_dictionaries({n: weights for n in sorted(nodes)})
 
 
+@pytest.mark.slow  # about 6 s of CPU
 @settings(max_examples=20, deadline=None)
 @given(st.sets(names, min_size=1, max_size=5).flatmap(weighted_rings), names, weights)
 def test_adding_a_weighted_node_moves_slots_only_to_it(nodes, new, weight):
@@ -173,6 +175,7 @@ def test_adding_a_weighted_node_moves_slots_only_to_it(nodes, new, weight):
     assert moved and all(b == new for _, b in moved)
 
 
+@pytest.mark.slow  # about 9 s of CPU
 @settings(max_examples=20, deadline=None)
 @given(st.sets(names, min_size=2, max_size=6).flatmap(weighted_rings), st.data())
 def test_removing_a_weighted_node_moves_only_its_slots(nodes, data):

@@ -19,7 +19,7 @@ import yaml
 from conftest import eventually
 from stack import INTERNAL, MIGRATION, pod_process, running_stack
 
-from config_store.client.auth import bearer_token, matching_token, same_token
+from modbot_runtime.auth import bearer_token, matching_token, same_token
 
 F = {"Authorization": f"Bearer {INTERNAL}"}
 M = {"Authorization": f"Bearer {MIGRATION}"}

@@ -20,13 +20,13 @@ import aiohttp
 import pytest
 import pytest_asyncio
 import stack as stack_module
-from conftest import READ
+from conftest import READ, eventually
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from stack import Stack, running_stack
 
-from config_store.client import observability
-from config_store.client.table_client import RoutingTableClient
+from modbot_client.table_client import RoutingTableClient
+from modbot_runtime import observability
 
 on_module_loop = pytest.mark.asyncio(loop_scope="module")  # one stack for the module
 
@@ -228,6 +228,43 @@ def test_log_times_are_iso_8601_utc_with_milliseconds():
     assert entry["ts"] == "2025-11-27T08:00:00.123Z"
 
 
+def _logged(name: str, msg: str, *args: object) -> dict[str, Any]:
+    """One record as discord.py logs it (``exc_info=`` an error raised and caught)."""
+    try:
+        try:
+            raise ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 34077)")
+        except OSError as cause:
+            raise aiohttp.ClientConnectionError("Cannot connect to host 127.0.0.1:34077") from cause
+    except aiohttp.ClientError as exc:
+        error = exc
+    record = logging.LogRecord(
+        name, logging.ERROR, __file__, 1, msg, args, (type(error), error, error.__traceback__)
+    )
+    entry: dict[str, Any] = json.loads(observability._JsonFormatter("svc").format(record))
+    return entry
+
+
+def test_discord_unreachable_is_one_line_not_a_traceback_per_attempt():
+    """discord.py logs every reconnect attempt at ERROR with the network error's traceback;
+    a Discord outage (or the simulator dying before the pods in a kill -9 of `dev up`) must
+    not fill the pods' logs with tracebacks: the error's one line stays."""
+    for name, msg, args in (
+        ("discord.shard", "Attempting a reconnect for shard ID %s in %.2fs", (1, 0.5)),
+        ("discord.client", "Attempting a reconnect in %.2fs", (2.0,)),
+    ):
+        entry = _logged(name, msg, *args)
+        assert entry["level"] == "error" and entry["msg"].startswith("Attempting a reconnect")
+        assert entry["exc"] == "ClientConnectionError: Cannot connect to host 127.0.0.1:34077"
+    # anything else keeps its traceback: another discord.py error, or our own logger
+    for name, msg, args in (
+        ("discord.shard", "Failed to connect for shard_id: %s. Retrying...", (1,)),
+        ("modbot.gateway", "Attempting a reconnect for shard ID %s in %.2fs", (1, 0.5)),
+    ):
+        exc = _logged(name, msg, *args)["exc"]
+        assert exc.startswith("Traceback (most recent call last):"), exc
+        assert "ConnectionRefusedError" in exc  # the cause, with its own traceback
+
+
 @pytest.mark.parametrize(
     "value, sane",
     [
@@ -269,12 +306,7 @@ async def test_a_request_id_goes_through_the_proxy_into_the_pods_log(stack, capt
                     return True
         return False
 
-    for _ in range(50):
-        if await pod_logged():
-            break
-        await asyncio.sleep(0.1)
-    else:
-        raise AssertionError(f"no line with request_id {rid} in {log_path}")
+    await eventually(pod_logged, timeout=5, interval=0.1)  # a line with the request id
 
 
 @on_module_loop

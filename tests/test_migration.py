@@ -9,6 +9,7 @@ from conftest import PG_URL, eventually
 from stack import MIGRATION, running_stack
 
 from config_store.api import MIGRATOR_KEY
+from gateway_app.events import MessageDeleted
 from gateway_app.storage import EXPORT_COLUMNS, GuildStore, checksum
 
 
@@ -35,7 +36,7 @@ async def stream(
             f"{stack.sim.url}/control/messages", json={"guild_id": str(gid), "count": count}
         ) as r:
             sent.append((await r.json())["sent"])
-        await asyncio.sleep(pause)
+        await asyncio.sleep(pause)  # the stream's pace
 
 
 async def test_a_guild_migrates_under_a_steady_stream_with_nothing_lost(stack):
@@ -50,16 +51,17 @@ async def test_a_guild_migrates_under_a_steady_stream_with_nothing_lost(stack):
 
     stop, sent = asyncio.Event(), []
     streamer = asyncio.create_task(stream(stack, guild.id, stop, sent))
-    await asyncio.sleep(0.3)
+    await eventually(lambda: len(sent) >= 3)  # streaming before the move
     migration = await stack.migrate(guild.id, dst)
     replies = []
     while (await stack.migration(migration["id"]))["state"] not in ("done", "rolled_back"):
         replies.append(
             await stack.interact(guild.id, "modreport", options={"user": ["user", member]})
         )
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # pacing: commands all through the move
     done = await stack.wait_migration(migration["id"])
-    await asyncio.sleep(0.3)
+    after = len(sent)
+    await eventually(lambda: len(sent) >= after + 3)  # and streaming after it
     stop.set()
     await streamer
     assert done["state"] == "done" and done["detail"]["counts"]["guilds"] == 1
@@ -115,16 +117,10 @@ async def test_cancel_before_the_flip_rolls_back(tmp_path, pg_schema):
         tmp_path, PG_URL, pg_schema, pods=2, guilds=4, shard_count=4, migration_step_delay=0.4
     ) as stack:
         guild, src, dst = pick(stack)
-        async with stack.http.post(
-            f"{stack.sim.url}/control/messages", json={"guild_id": str(guild.id), "count": 40}
-        ) as r:
-            assert r.status == 200
+        await stack.send_messages([guild.id], 40)
         migration = await stack.migrate(guild.id, dst)
         await eventually(lambda: _state_is(stack, migration["id"], "frozen"), timeout=10)
-        async with stack.http.post(
-            f"{stack.sim.url}/control/messages", json={"guild_id": str(guild.id), "count": 25}
-        ) as r:
-            assert r.status == 200  # held by the frozen source
+        await stack.send_messages([guild.id], 25)  # held by the frozen source
         async with stack.http.post(
             f"{stack.config.url}/v1/migrations/{migration['id']}/cancel",
             headers={"Authorization": "Bearer admin-secret"},
@@ -152,10 +148,7 @@ async def test_the_delta_inside_the_freeze_is_only_what_changed_since_the_pre_co
     guild's size or on how recent its messages are: 1,500 messages sent just before the
     move are all in the pre-copy, and only the stream's few rows cross inside the freeze."""
     guild, src, dst = pick(stack)
-    async with stack.http.post(
-        f"{stack.sim.url}/control/messages", json={"guild_id": str(guild.id), "count": 1500}
-    ) as r:
-        assert (await r.json())["sent"] == 1500
+    assert (await stack.send_messages([guild.id], 1500))["sent"] == 1500
 
     async def stored():
         await stack.flush_pods()
@@ -164,10 +157,7 @@ async def test_the_delta_inside_the_freeze_is_only_what_changed_since_the_pre_co
     await eventually(stored, timeout=15)
     stop, sent = asyncio.Event(), []
     streamer = asyncio.create_task(stream(stack, guild.id, stop, sent, count=2, pause=0.02))
-    await asyncio.sleep(0.2)
-    migration = await stack.migrate(guild.id, dst)
-    done = await stack.wait_migration(migration["id"])
-    await asyncio.sleep(0.2)
+    done = await stack.migrate_midstream(guild.id, dst, sent)
     stop.set()
     await streamer
     assert done["state"] == "done"
@@ -191,10 +181,7 @@ async def test_a_delta_export_with_a_tracker_the_source_does_not_know_sends_ever
     guild, src, _ = pick(stack)
     pod = stack.pods[src]
     auth = {"Authorization": f"Bearer {MIGRATION}"}
-    async with stack.http.post(
-        f"{stack.sim.url}/control/messages", json={"guild_id": str(guild.id), "count": 30}
-    ) as r:
-        assert r.status == 200
+    await stack.send_messages([guild.id], 30)
 
     async def stored():
         await stack.flush_pods()
@@ -244,8 +231,8 @@ async def test_an_import_and_the_batch_writer_do_not_corrupt_each_other(tmp_path
             nonlocal held
             while not stop.is_set():
                 held += 1
-                store.hold_event(gid, f"m:{held}", {"kind": "message", "n": held})
-                await asyncio.sleep(0.001)
+                store.hold_event(gid, f"m:{held}", MessageDeleted(held, float(held)))
+                await asyncio.sleep(0.001)  # the stream's pace
 
         streamer = asyncio.create_task(hold_stream())
         for _ in range(3):  # a few imports, so some overlap a writer batch for sure
@@ -294,10 +281,7 @@ async def test_cancel_in_prepared_unfreezes_a_source_frozen_by_a_coordinator_tha
         async with stack.http.get(f"{source.url}/internal/guilds/{guild.id}", headers=auth) as r:
             status = await r.json()
         assert status["state"] == "normal" and not status["holding"], status
-        async with stack.http.post(
-            f"{stack.sim.url}/control/messages", json={"guild_id": str(guild.id), "count": 20}
-        ) as r:
-            assert r.status == 200
+        await stack.send_messages([guild.id], 20)
 
         async def written():
             await stack.flush_pods()

@@ -8,12 +8,11 @@ import pytest
 from conftest import PG_URL, eventually
 from stack import A, pod_process, running_stack
 
+from config_store.api import MIGRATOR_KEY
+from modbot_client.pod_client import PodClient
+
 STEPS = ["prepared", "frozen", "imported", "flipped", "replayed"]
 RATE = 100  # messages/s to the moved guild, before, during and after the fault
-
-
-async def _state(stack, mid):
-    return (await stack.migration(mid))["state"]
 
 
 class Stream:
@@ -83,13 +82,16 @@ async def _kill_during_migration(tmp_path, pg_schema, victim, step, *, resume: b
         source = table.owner(guild.id)
         target = "gateway-1" if source == "gateway-0" else "gateway-0"
         base = await _seed(stack, guild.id, source)
-        stream = Stream(stack, guild.id)
-        await asyncio.sleep(0.3)
-        migration = await stack.migrate(guild.id, target)
-        await eventually(lambda: _is(stack, migration["id"], step), timeout=20, interval=0.01)
         pod = stack.pods[source if victim == "source" else target]
-        pod.kill()
-        await asyncio.sleep(0.8)  # the next step meets a dead pod and keeps retrying
+        reached = kill_when_recorded(stack, step, pod)
+        stream = Stream(stack, guild.id)
+        await asyncio.sleep(0.3)  # the stream flows before the move starts
+        migration = await stack.migrate(guild.id, target)
+        if step == "prepared":  # recorded by the start itself; 0.5 s before the first step
+            pod.kill()
+        else:
+            await asyncio.wait_for(reached.wait(), 30)
+        await asyncio.sleep(0.8)  # the pod's downtime: the next step meets it dead and retries
         pod.start()
         await stack.wait_ready(pod.name)
         done = await stack.wait_migration(migration["id"], timeout=60)
@@ -111,6 +113,72 @@ async def _kill_during_migration(tmp_path, pg_schema, victim, step, *, resume: b
         assert guild.id not in stack.pods[other].message_counts()
         assert stack.pods[owner].rows("SELECT count(*) FROM held_events")[0][0] == 0
         await eventually(lambda: _clean(stack), timeout=10)
+
+
+def kill_when_recorded(stack, step: str, pod) -> asyncio.Event:
+    """kill -9 of ``pod`` the moment the coordinator has recorded ``step`` (before the
+    next step starts, however slow the machine), not when a poll happens to see it."""
+    migrations = stack.config.app[MIGRATOR_KEY].migrations
+    record = migrations.set_state
+    reached = asyncio.Event()
+
+    async def set_state(migration_id, state, **detail):
+        await record(migration_id, state, **detail)
+        if state == step and not reached.is_set():
+            pod.kill()
+            reached.set()
+
+    migrations.set_state = set_state
+    return reached
+
+
+@pytest.mark.slow
+async def test_a_target_killed_during_the_catch_up_gets_what_the_source_held_meanwhile(
+    tmp_path, pg_schema, monkeypatch
+):
+    """No RESUME: the target dies during the last step's catch-up (the source's buffer,
+    fetched, is on its way to it). What the source held during the target's downtime must
+    reach it too: the buffer is fetched again once the target listens, not replayed stale."""
+    async with running_stack(
+        tmp_path, PG_URL, pg_schema, pods=2, guilds=3, shard_count=4, migration_step_delay=0.5
+    ) as stack:
+        stack.sim.sim.resume_window = 0.0
+        guild = next(iter(stack.world.guilds.values()))
+        source = stack.proxy.tables.table.owner(guild.id)
+        target = "gateway-1" if source == "gateway-0" else "gateway-0"
+        victim = stack.pods[target]
+        base = await _seed(stack, guild.id, source)
+        replays = 0
+        replay = PodClient.replay
+
+        async def replay_then_die(self, guild_id, epoch, events, version):
+            nonlocal replays
+            if self.pod == target and guild_id == guild.id:
+                replays += 1
+                if replays == 2:  # the catch-up's (the first is the flip's replay)
+                    victim.kill()
+                    asyncio.get_running_loop().call_later(0.8, victim.start)  # its downtime
+            return await replay(self, guild_id, epoch, events, version)
+
+        monkeypatch.setattr(PodClient, "replay", replay_then_die)
+        stream = Stream(stack, guild.id)
+        await asyncio.sleep(0.3)  # the stream flows before the move starts
+        migration = await stack.migrate(guild.id, target)
+        done = await stack.wait_migration(migration["id"], timeout=60)
+        assert done["state"] == "done" and replays >= 3, (done, replays)  # it died, was retried
+        await stack.wait_ready(target)
+        await asyncio.sleep(0.5)  # the stream goes on a little after the move
+        sent = base + await stream.finish()
+
+        async def counts():
+            await stack.flush_pods()
+            return victim.message_counts().get(guild.id, 0)
+
+        with contextlib.suppress(AssertionError):
+            await eventually(lambda: _equals(counts(), sent), timeout=15)
+        stored = await counts()
+        assert (sent - stored, max(0, stored - sent)) == (0, 0), f"{sent - stored} lost of {sent}"
+        assert guild.id not in stack.pods[source].message_counts()
 
 
 async def _seed(stack, gid: int, source: str) -> int:
@@ -141,10 +209,6 @@ async def _seed(stack, gid: int, source: str) -> int:
 
 async def _equals(value, expected):
     return await value == expected
-
-
-async def _is(stack, mid, state):
-    return await _state(stack, mid) == state
 
 
 async def _clean(stack):

@@ -19,13 +19,13 @@ def test_audit_entries_become_events_and_others_are_ignored():
     base = {"id": "11", "user_id": "22", "target_id": "33", "guild_id": "44"}
     kick = audit_event({**base, "action_type": 20, "reason": "rude"}, now=100.0)
     assert kick is not None
-    assert kick["action"] == "kick" and kick["executor_id"] == 22 and kick["reason"] == "rude"
-    assert kick["user_id"] == 33 and kick["entry_id"] == "11" and kick["duration"] is None
+    assert kick.action == "kick" and kick.executor_id == 22 and kick.reason == "rude"
+    assert kick.user_id == 33 and kick.entry_id == "11" and kick.duration is None
     ban = audit_event({**base, "action_type": 22}, now=100.0)
-    assert ban is not None and ban["action"] == "ban" and ban["reason"] is None
+    assert ban is not None and ban.action == "ban" and ban.reason is None
     change = {"key": "communication_disabled_until", "new_value": "1970-01-01T00:11:40+00:00"}
     timeout = audit_event({**base, "action_type": 24, "changes": [change]}, now=100.0)
-    assert timeout is not None and timeout["action"] == "timeout" and timeout["duration"] == 600
+    assert timeout is not None and timeout.action == "timeout" and timeout.duration == 600
     lifted = {**change, "new_value": None}
     for other in (
         {**base, "action_type": 24, "changes": [lifted]},  # a timeout lifted

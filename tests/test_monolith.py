@@ -14,17 +14,16 @@ import os
 import signal
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ADMIN, PG_URL
+from conftest import ADMIN, PG_URL, eventually
 from monolith_gen import STATES, generate
 from stack import CLI, MIGRATION, running_stack
 
-from config_store.client.monolith_schema import SOURCE_TABLES, chunk_checksum
 from config_store.monolith import MonolithError, open_source
+from modbot_client.monolith_schema import SOURCE_TABLES, chunk_checksum
 from modbot_ring import RoutingTable
 
 # rows each guild has per table in the generator (message_stats: counted in the source)
@@ -197,12 +196,14 @@ async def test_import_is_complete_resumable_and_idempotent(tmp_path: Path, pg_sc
         # kill -9 mid-run
         args = [CLI, "import-monolith", str(source), "--skip-bad-rows", "--chunk-rows", "200"]
         proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 60
-        while True:
-            written = sum(sum(c["message_stats"].values()) for c in pod_counts(stack).values())
-            if written >= 2000 or proc.poll() is not None or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.01)
+        await eventually(  # well into the import (or already through it): kill it there
+            lambda: (
+                proc.poll() is not None
+                or sum(sum(c["message_stats"].values()) for c in pod_counts(stack).values()) >= 2000
+            ),
+            timeout=60,
+            interval=0.01,
+        )
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         partial = sum(sum(c["message_stats"].values()) for c in pod_counts(stack).values())
@@ -316,12 +317,13 @@ async def test_a_guild_migrating_mid_import_takes_its_progress_along(
         proc = subprocess.Popen(
             args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        deadline = time.monotonic() + 60
-        while not stack.pods[owner].rows(
-            "SELECT 1 FROM message_stats WHERE guild_id = ? LIMIT 1", (big,)
-        ):
-            assert proc.poll() is None and time.monotonic() < deadline, "the import ended too soon"
-            await asyncio.sleep(0.01)
+
+        def importing() -> bool:  # the big guild's first rows are in, the import goes on
+            assert proc.poll() is None, "the import ended too soon"
+            sql = "SELECT 1 FROM message_stats WHERE guild_id = ? LIMIT 1"
+            return bool(stack.pods[owner].rows(sql, (big,)))
+
+        await eventually(importing, timeout=60, interval=0.01)
         migration = await stack.migrate(big, target)
         done = await stack.wait_migration(migration["id"])
         assert done["state"] == "done", done

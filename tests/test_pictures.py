@@ -24,7 +24,7 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +32,12 @@ import aiohttp
 import psycopg
 import pytest
 import pytest_asyncio
-from conftest import ADMIN, PG_URL, free_port, running_config
+from conftest import ADMIN, PG_URL, AppServer, eventually, running_config
 
 from config_store.charts import before_after, load_bars, skew_line
 from config_store.ops_page import render as render_ops
 from config_store.store import PodRecord
-from router_proxy.dashboard import render_dashboard
+from gateway_app.dashboard import render_dashboard
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -782,29 +782,23 @@ async def test_name_lookup_survives_pods_that_answer_garbage_or_hang():
         return web.json_response({"names": {}})
 
     release = asyncio.Event()
-    app = web.Application()
-    app.router.add_get("/{kind}/internal/names", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        kinds = ["good", "junk", "shape", "error", "hang"]
-        pods = [dataclasses.replace(pod(k), url=f"http://127.0.0.1:{port}/{k}") for k in kinds] + [
-            pod("offline", online=False)
-        ]
-        started = time.monotonic()
-        result = await guild_names(pods, ["11", "12", "not-an-id"], "m", timeout=0.5)
-        assert time.monotonic() - started < 3
-        assert result.names == {"11": "Good guild"}  # a non-string name is dropped
-        assert sorted(result.unavailable) == ["error", "hang", "junk", "offline", "shape"]
-        assert "shown by id" in (result.note() or "")
-        assert (await guild_names(pods, ["11"], "m", timeout=0.5)).note() is None  # all named
-        assert (await guild_names(pods, [], "m")).names == {}
-        assert "no migration token" in (await guild_names(pods, ["11"], "")).note()  # type: ignore[operator]
-    finally:
-        release.set()
-        await runner.cleanup()
+    async with AppServer({("GET", "/{kind}/internal/names"): handler}) as url:
+        try:
+            kinds = ["good", "junk", "shape", "error", "hang"]
+            pods = [dataclasses.replace(pod(k), url=f"{url}/{k}") for k in kinds] + [
+                pod("offline", online=False)
+            ]
+            started = time.monotonic()
+            result = await guild_names(pods, ["11", "12", "not-an-id"], "m", timeout=0.5)
+            assert time.monotonic() - started < 3
+            assert result.names == {"11": "Good guild"}  # a non-string name is dropped
+            assert sorted(result.unavailable) == ["error", "hang", "junk", "offline", "shape"]
+            assert "shown by id" in (result.note() or "")
+            assert (await guild_names(pods, ["11"], "m", timeout=0.5)).note() is None  # all named
+            assert (await guild_names(pods, [], "m")).names == {}
+            assert "no migration token" in (await guild_names(pods, ["11"], "")).note()  # type: ignore[operator]
+        finally:
+            release.set()  # the hanging handler ends before the server stops
 
 
 # -- end to end: a real pod's cache, a pod down, the config database down ---------------------------
@@ -828,16 +822,6 @@ async def stack(tmp_path_factory):
     finally:
         with psycopg.connect(PG_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-
-
-async def until(check: Callable[[], Any], timeout: float = 20.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
 
 
 def basic_auth(driver: Any) -> None:
@@ -876,7 +860,7 @@ async def test_dashboard_names_come_from_the_pods_guild_cache(stack, browser, sh
             html = await r.text()
         return html if "Names are unavailable" not in html else None
 
-    await until(lambda: page(hostile))  # its GUILD_CREATE reached the pod's cache
+    await eventually(lambda: page(hostile), timeout=20, interval=0.1)  # GUILD_CREATE arrived
     text = await asyncio.to_thread(
         open_page, browser, f"{stack.proxy.url}/guild/{named.id}/dashboard", LAPTOP
     )

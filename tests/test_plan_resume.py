@@ -7,30 +7,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import ADMIN, eventually
+from conftest import eventually
 from cpstack import stack_with_config_process
-from stack import CLI, A
-
-
-async def cli(url: str, *args: str, timeout: float = 120) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        CLI,
-        *args,
-        "--config-url",
-        url,
-        "--token",
-        ADMIN,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    return proc.returncode or 0, out.decode(), err.decode()
-
-
-async def total(stack, expected: int) -> bool:
-    await stack.flush_pods()
-    return sum(sum(p.message_counts().values()) for p in stack.pods.values()) == expected
+from stack import A, run_cli
 
 
 async def plan_record(stack, plan_id: str) -> dict:
@@ -45,11 +24,8 @@ async def test_config_killed_during_a_five_move_plan_resumes_on_apply(tmp_path, 
         tmp_path, pg_schema, pods=2, guilds=10, extra=["--migration-step-delay", "0.3"]
     ) as (stack, config):
         guilds = [str(g) for g in stack.world.guilds]
-        async with stack.http.post(
-            f"{stack.sim.url}/control/messages", json={"guild_ids": guilds, "count": 10}
-        ) as r:
-            assert r.status == 200
-        await eventually(lambda: total(stack, 100), timeout=20)
+        await stack.send_messages(guilds, 10)
+        await eventually(lambda: stack.holds(100), timeout=20)
 
         table = stack.proxy.tables.table
         moving = {
@@ -65,7 +41,7 @@ async def test_config_killed_during_a_five_move_plan_resumes_on_apply(tmp_path, 
             plan = await r.json()
         assert len(plan["moves"]) == 5
 
-        first = asyncio.create_task(cli(config.url, "apply", plan["id"], "--yes"))
+        first = asyncio.create_task(run_cli(config.url, "apply", plan["id"], "--yes"))
 
         async def one_done_one_running() -> bool:
             assert not first.done(), first.result()
@@ -79,9 +55,9 @@ async def test_config_killed_during_a_five_move_plan_resumes_on_apply(tmp_path, 
 
         config.start()
         await config.wait_ready(stack.http)
-        code, out, _ = await cli(config.url, "verify")  # not clean while moves are left
+        code, out, _ = await run_cli(config.url, "verify")  # not clean while moves are left
         assert code == 1 and f"plan {plan['id']} is interrupted" in out, out
-        code, out, err = await cli(config.url, "apply", plan["id"], "--yes")
+        code, out, err = await run_cli(config.url, "apply", plan["id"], "--yes")
         assert code == 0 and f"plan {plan['id']}: done" in out, (code, out, err)
 
         record = await plan_record(stack, plan["id"])
@@ -92,9 +68,9 @@ async def test_config_killed_during_a_five_move_plan_resumes_on_apply(tmp_path, 
         table = stack.proxy.tables.table
         for gid, target in moving.items():
             assert table.owner(int(gid)) == target
-        code, out, err = await cli(config.url, "verify")
+        code, out, err = await run_cli(config.url, "verify")
         assert code == 0 and "clean" in out, out + err
-        await eventually(lambda: total(stack, 100), timeout=20)  # no row lost or doubled
+        await eventually(lambda: stack.holds(100), timeout=20)  # no row lost or doubled
         for gid, target in moving.items():
             assert stack.pods[target].message_counts().get(int(gid)) == 10
 
@@ -106,5 +82,5 @@ async def test_config_killed_during_a_five_move_plan_resumes_on_apply(tmp_path, 
         ) as r:
             stale = await r.json()
         await stack.pin(int(guilds[7]), "gateway-1")
-        code, _, err = await cli(config.url, "apply", stale["id"], "--yes")
+        code, _, err = await run_cli(config.url, "apply", stale["id"], "--yes")
         assert code == 4 and "regenerate" in err and "pin.set" in err, err

@@ -10,14 +10,14 @@ from types import SimpleNamespace
 
 import aiohttp
 import pytest
-from conftest import ADMIN, PG_URL, eventually, free_port, running_config
+from conftest import ADMIN, PG_URL, eventually, running_config
 from loadsim import SimulatedPods
 from prometheus_client import CollectorRegistry
 from test_cli_walk import one_line, run
 
 from config_store.balancer import Balancer, BalancerSettings
-from config_store.cli import _moves_done, progress_bar
-from config_store.store import MigrationStore
+from config_store.store import MigrationStore, PlanRecord
+from modbot_cli.main import _moves_done, progress_bar
 from modbot_ring import BalancePolicy, Pod, RoutingTable, measure
 from modbot_ring.balance import can_improve, why_not_plan
 
@@ -91,7 +91,7 @@ def test_advice_is_rechecked_against_the_current_table():
         registry=CollectorRegistry(),
     )
     balancer.view = measure(old, {GID: 100.0})
-    balancer.waiting = {"id": "plan-old", "base_version": 1}
+    balancer.waiting = PlanRecord("plan-old", 0.0, 1, "proposed", "balancer", {})
     balancer.decision = "a plan is waiting: modbot-ring apply plan-old"  # from the last tick
     advice = "\n".join(balancer.advice())
     assert f"guild {GID} on {other}" in advice and f"on {hot_on} " not in advice
@@ -105,64 +105,53 @@ def test_advice_is_rechecked_against_the_current_table():
 # -- against a real config service ----------------------------------------------------------
 
 
-@pytest.fixture
-async def svc(pg_schema):
-    async with running_config(PG_URL, pg_schema) as service, aiohttp.ClientSession() as http:
-        for name in ("gateway-0", "gateway-1"):
-            async with http.put(
-                f"{service.url}/v1/pods/{name}",
-                json={"url": f"http://127.0.0.1:{free_port()}"},
-                headers=A,
-            ) as r:
-                assert r.status == 200
-        yield service
-
-
-async def api(svc, method: str, path: str, body: dict | None = None) -> dict:
+async def api(pg_svc, method: str, path: str, body: dict | None = None) -> dict:
     async with (
         aiohttp.ClientSession(headers=A) as http,
-        http.request(method, svc.url + path, json=body) as r,
+        http.request(method, pg_svc.url + path, json=body) as r,
     ):
         assert r.status < 300, await r.text()
         return await r.json()
 
 
-def cli(svc, *args: str, stdin: str | None = None):
-    return asyncio.to_thread(run, [*args, "--config-url", svc.url, "--token", ADMIN], None, stdin)
+def cli(pg_svc, *args: str, stdin: str | None = None):
+    return asyncio.to_thread(
+        run, [*args, "--config-url", pg_svc.url, "--token", ADMIN], None, stdin
+    )
 
 
-async def test_dry_run_is_a_draft_that_expires_when_someone_else_moves_the_table(svc, tmp_path):
+async def test_dry_run_is_a_draft_that_expires_when_someone_else_moves_the_table(pg_svc, tmp_path):
     first = tmp_path / "first.json"
-    code, out, err = await cli(svc, "plan", "-o", str(first))
+    code, out, err = await cli(pg_svc, "plan", "-o", str(first))
     assert code == 0, err
     assert "LOAD is events/s" in out and "draft" in out  # the unit, and what a dry run is
     plan_id = json.loads(first.read_text())["id"]
-    assert (await api(svc, "GET", f"/v1/plans/{plan_id}"))["state"] == "draft"
-    migrations = MigrationStore(svc.store)  # type: ignore[arg-type]
+    assert (await api(pg_svc, "GET", f"/v1/plans/{plan_id}"))["state"] == "draft"
+    migrations = MigrationStore(pg_svc.store)  # type: ignore[arg-type]
     assert await migrations.plans_in_state(("proposed",)) == []  # not advertised as waiting
 
     # a plan's own table changes do not make it stale; they do make the others stale
-    mine = await api(svc, "POST", "/v1/plans", {"epsilon": 0.05, "max_moves": None})
+    mine = await api(pg_svc, "POST", "/v1/plans", {"epsilon": 0.05, "max_moves": None})
     await migrations.pin_to_holder(GID + 1, "gateway-0", "test", mine["id"])
     assert await migrations.expire_stale_plans() == [plan_id]
-    assert (await api(svc, "GET", f"/v1/plans/{mine['id']}"))["state"] == "draft"
-    assert (await api(svc, "GET", f"/v1/plans/{plan_id}"))["state"] == "expired"
+    assert (await api(pg_svc, "GET", f"/v1/plans/{mine['id']}"))["state"] == "draft"
+    assert (await api(pg_svc, "GET", f"/v1/plans/{plan_id}"))["state"] == "expired"
 
-    await api(svc, "PUT", f"/v1/pins/{GID}", {"pod": "gateway-1", "reason": "x"})  # someone else
+    await api(pg_svc, "PUT", f"/v1/pins/{GID}", {"pod": "gateway-1", "reason": "x"})  # someone else
     assert await migrations.expire_stale_plans() == [mine["id"]]
-    code, _, err = await cli(svc, "apply", str(first), "--yes")
+    code, _, err = await cli(pg_svc, "apply", str(first), "--yes")
     assert code == 4 and one_line(err) and "expired" in err
 
     # applied before any sweep: refused, and marked expired on the spot
-    late = await api(svc, "POST", "/v1/plans", {"epsilon": 0.05, "max_moves": None})
-    await api(svc, "DELETE", f"/v1/pins/{GID}")
-    code, _, err = await cli(svc, "apply", late["id"], "--yes")
+    late = await api(pg_svc, "POST", "/v1/plans", {"epsilon": 0.05, "max_moves": None})
+    await api(pg_svc, "DELETE", f"/v1/pins/{GID}")
+    code, _, err = await cli(pg_svc, "apply", late["id"], "--yes")
     assert code == 4 and "regenerate" in err
-    assert (await api(svc, "GET", f"/v1/plans/{late['id']}"))["state"] == "expired"
+    assert (await api(pg_svc, "GET", f"/v1/plans/{late['id']}"))["state"] == "expired"
 
 
-async def test_rollback_answered_no_creates_nothing(svc, tmp_path):
-    table = RoutingTable.from_dict(await api(svc, "GET", "/v1/table"))
+async def test_rollback_answered_no_creates_nothing(pg_svc, tmp_path):
+    table = RoutingTable.from_dict(await api(pg_svc, "GET", "/v1/table"))
     owner = table.shard_owner(0)
     other = "gateway-1" if owner == "gateway-0" else "gateway-0"
     saved = tmp_path / "saved.json"
@@ -171,12 +160,12 @@ async def test_rollback_answered_no_creates_nothing(svc, tmp_path):
             {"id": "plan-saved", "moves": [], "current_assignment": {"shards": {"0": other}}}
         )
     )
-    code, out, err = await cli(svc, "rollback", str(saved), stdin="n\n")
+    code, out, err = await cli(pg_svc, "rollback", str(saved), stdin="n\n")
     assert code == 1 and "aborted" in err and "1 shard(s) and 0 guild(s)" in out, (out, err)
-    assert (await api(svc, "GET", "/v1/plans"))["plans"] == []  # nothing left behind
-    code, _, err = await cli(svc, "rollback", str(saved))  # not a terminal, no --yes
+    assert (await api(pg_svc, "GET", "/v1/plans"))["plans"] == []  # nothing left behind
+    code, _, err = await cli(pg_svc, "rollback", str(saved))  # not a terminal, no --yes
     assert code == 2 and "--yes" in err
-    assert (await api(svc, "GET", "/v1/plans"))["plans"] == []
+    assert (await api(pg_svc, "GET", "/v1/plans"))["plans"] == []
 
 
 HOLD = 1.0
@@ -187,8 +176,8 @@ async def test_idle_stack_gets_no_plan(pg_schema, per_pod):
     settings = BalancerSettings(
         mode="propose", interval=0.1, policy=BalancePolicy(hold_down=HOLD, cooldown=3600.0)
     )
-    async with running_config(PG_URL, pg_schema, shard_count=16, balance=settings) as svc:
-        sim = SimulatedPods(svc.url, [f"gateway-{i}" for i in range(4)], guilds=200)
+    async with running_config(PG_URL, pg_schema, shard_count=16, balance=settings) as pg_svc:
+        sim = SimulatedPods(pg_svc.url, [f"gateway-{i}" for i in range(4)], guilds=200)
         await sim.start()
         try:
             sim.normalize(per_pod)  # 0.4 events/s in all
@@ -197,12 +186,12 @@ async def test_idle_stack_gets_no_plan(pg_schema, per_pod):
             await sim.heartbeat()
 
             async def idle_but_skewed() -> bool:  # skewed on paper, but idle
-                status = await api(svc, "GET", "/v1/balance")
+                status = await api(pg_svc, "GET", "/v1/balance")
                 return str(status["decision"]).startswith("idle") and status["skew"] > 1.25
 
             await eventually(idle_but_skewed, timeout=10, interval=0.1)
-            await asyncio.sleep(HOLD * 2)
-            plans = (await api(svc, "GET", "/v1/plans"))["plans"]
+            await asyncio.sleep(HOLD * 2)  # the sleep is the test: twice the hold-down
+            plans = (await api(pg_svc, "GET", "/v1/plans"))["plans"]
             assert [p for p in plans if p["actor"] == "balancer"] == []
         finally:
             await sim.stop()

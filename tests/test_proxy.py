@@ -8,10 +8,10 @@ import time
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import ADMIN, PG_URL, eventually, free_port
+from conftest import ADMIN, PG_URL, AppServer, eventually, free_port
 from stack import INTERNAL, running_stack
 
-from gateway_app.discord_sim.signing import Signer
+from discord_sim.signing import Signer
 
 A = {"Authorization": f"Bearer {ADMIN}"}
 
@@ -123,10 +123,7 @@ async def test_signature_matrix(stack):
 
 async def test_dashboard_renders_the_owners_data(stack):
     gid = next(iter(stack.world.guilds))
-    async with stack.http.post(
-        f"{stack.sim.url}/control/messages", json={"guild_id": str(gid), "count": 12}
-    ) as r:
-        assert r.status == 200
+    await stack.send_messages([gid], 12)
     table = stack.proxy.tables.table
     owner = table.owner(gid)
 
@@ -169,7 +166,7 @@ async def test_a_killed_pod_gives_503_only_for_its_guilds_then_recovers(stack):
                             int(r.headers["Retry-After"]) >= 1
                             and "gateway-1" in (await r.json())["error"]
                         )
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # pacing: the 4 s of answers are the test
     assert set(results["gateway-0"]) == {200}
     assert set(results["gateway-1"]) == {503}
     async with stack.http.get(f"{stack.proxy.url}/guild/{by_pod['gateway-1'][0]}/dashboard") as r:
@@ -248,16 +245,10 @@ async def test_proxy_headers_follow_rfc9110_and_strip_spoofed_ones(stack):
         await resp.write_eof()
         return resp
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", echo)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
+    async with AppServer(echo) as url:
         async with stack.http.put(
             f"{stack.config.url}/v1/pods/echo-pod",
-            json={"url": f"http://127.0.0.1:{port}"},
+            json={"url": url},
             headers=A,
         ) as r:
             assert r.status == 200
@@ -291,8 +282,6 @@ async def test_proxy_headers_follow_rfc9110_and_strip_spoofed_ones(stack):
             and seen["body"] == "payload"
         )
         assert seen["X-Forwarded-For"] == "127.0.0.1"
-    finally:
-        await runner.cleanup()
 
 
 async def test_readyz_needs_a_table():

@@ -1,4 +1,6 @@
-"""The library's typed surface is part of its API: keep mypy --strict and ruff clean."""
+"""Every package is typed (mypy --strict over all of them, from pyproject's [tool.mypy]
+files) and ruff-clean: the library's typed surface is part of its API, and the
+services' types are how a newcomer reads their boundaries."""
 
 import subprocess
 import sys
@@ -11,8 +13,9 @@ def run(*args):
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True)
 
 
-def test_mypy_strict_is_clean_on_the_library():
+def test_mypy_strict_is_clean_on_every_package():
     result = run("mypy")
+    assert "modbot_cli" in (ROOT / "pyproject.toml").read_text()  # all packages, not one
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -80,7 +80,7 @@ async def test_messages_reaching_the_threshold_are_forwarded_once(stack):
     await react(stack, g, one, voters[0])  # the same member again: no new reaction
     await react(stack, g, one, voters[1], "👍")  # another emoji does not count
     await react(stack, g, one, voters[1])
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # the sleep is the test: two votes forward nothing
     assert forwarded(stack, g, one) == []  # 2 of 3
     # the third and fourth reactions at once: one forward
     await asyncio.gather(react(stack, g, one, voters[2]), react(stack, g, one, voters[3]))
@@ -89,7 +89,7 @@ async def test_messages_reaching_the_threshold_are_forwarded_once(stack):
     # does after a RESUME): nothing more is forwarded
     await react(stack, g, one, g.target)
     stack.sim.sim.dispatch(g.guild.id, "MESSAGE_REACTION_ADD", last_reaction(stack, g, one))
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # the sleep is the test: and nothing more is forwarded
     [text] = forwarded(stack, g, one)
     assert text.startswith(("3 x", "4 x")) and f"<@{g.target}>" in text
     assert owner.rows("SELECT message_id FROM reactji_forwarded") == [(one,)]
@@ -106,7 +106,7 @@ async def test_messages_reaching_the_threshold_are_forwarded_once(stack):
     for voter in voters[:3]:
         await react(stack, g, two, voter)
     await eventually(lambda: forwarded(stack, g, two), timeout=15)
-    await asyncio.sleep(0.5)
+    await asyncio.sleep(0.5)  # the sleep is the test: no second forward of either
     assert len(forwarded(stack, g, one)) == 1 and len(forwarded(stack, g, two)) == 1
     assert sorted(r[0] for r in new.rows("SELECT message_id FROM reactji_forwarded")) == sorted(
         [one, two]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import aiohttp
 from conftest import ADMIN, PG_URL, READ, REDIS_URL, TcpCut, eventually, running_config
 
-from config_store.client import table_client
-from config_store.client.table_client import RoutingTableClient
+from modbot_client import table_client
+from modbot_client.table_client import RoutingTableClient
 
 A = {"Authorization": f"Bearer {ADMIN}"}
 

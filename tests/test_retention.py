@@ -21,10 +21,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from stack import CLI
 
-from config_store.cli import main
 from gateway_app import storage
 from gateway_app.retention import RETENTION_FLAGS, Retention, RetentionPolicy, retention_days
 from gateway_app.storage import GuildStore, ImportError_, MessageRow
+from modbot_cli.main import main
 
 NOW = 1_790_000_000.0  # a fixed "now": rows are dated relative to it
 DAY = 86400.0
@@ -245,7 +245,7 @@ async def test_exports_taken_while_pruning_match_their_counts_and_checksum(tmp_p
             exports = []
             while not pruning.done():
                 exports.append(await source.export_guild(G1, mode="full"))
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # a yield, not a wait: the prune runs in between
             await pruning
         finally:
             storage.EXPORT_QUIET = quiet
@@ -386,7 +386,7 @@ async def test_a_million_old_rows_are_pruned_without_blocking_writes_or_the_loop
         async def loop_probe() -> None:  # how late a 10 ms sleep wakes up
             while not stop.is_set():
                 t = time.monotonic()
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # the probe: how late it wakes is the lag
                 lags.append(time.monotonic() - t - 0.01)
 
         async def live_writes() -> None:  # gateway events meanwhile, each batch flushed
@@ -398,7 +398,7 @@ async def test_a_million_old_rows_are_pruned_without_blocking_writes_or_the_loop
                 t = time.monotonic()
                 await store.flush()
                 flushes.append(time.monotonic() - t)
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.02)  # the writes' pace
 
         probes = [asyncio.create_task(loop_probe()), asyncio.create_task(live_writes())]
         t0 = time.monotonic()
@@ -455,11 +455,12 @@ async def test_kill_9_during_a_prune_leaves_the_database_consistent(tmp_path):
     seed_messages(db, G1, new, age_days=1, first_id=10_000_000)
     proc = subprocess.Popen([sys.executable, "-c", PRUNER, db, str(NOW)])
     try:
-        deadline = time.monotonic() + 30
-        while count(db, "SELECT count(*) FROM message_stats") > old + new - 5_000:
+
+        def mid_prune() -> bool:  # a few batches gone, the prune still running
             assert proc.poll() is None, "the prune finished before it could be killed"
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.01)
+            return count(db, "SELECT count(*) FROM message_stats") <= old + new - 5_000
+
+        await eventually(mid_prune, timeout=30, interval=0.01)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()

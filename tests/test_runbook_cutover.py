@@ -34,7 +34,7 @@ from readme_blocks import Block, Shell, blocks
 from stack import MIGRATION, Stack, running_stack
 from test_monolith import check_owners, expected_counts, pod_counts, routing
 
-from gateway_app.discord_sim.commands import registry
+from discord_sim.commands import registry
 
 SECTION = "Cut-over from today's mod-bot"
 STEPS = ["", "1. **Stop mod-bot**", "2. **Start the pods**", "3. **Import**", "4. **Commands**"]

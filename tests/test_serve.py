@@ -1,29 +1,29 @@
 """The console script's servers start from their flags alone (what Kubernetes and `dev up` run)."""
 
 import asyncio
+import contextlib
 import os
 import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import ADMIN, READ, free_port
+from conftest import ADMIN, READ, eventually, free_port
 
 CLI = str(Path(sys.executable).parent / "modbot-ring")
 
 
 async def wait_ok(http, url, timeout=30):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while loop.time() < deadline:
-        try:
+    """The JSON of ``url`` once it answers 200."""
+
+    async def ok():
+        with contextlib.suppress(aiohttp.ClientError):
             async with http.get(url) as r:
                 if r.status == 200:
                     return await r.json()
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{url} never answered 200")
+        return None
+
+    return await eventually(ok, timeout, interval=0.1)
 
 
 async def test_serve_config_sim_and_proxy_from_flags(tmp_path):

@@ -15,17 +15,17 @@ import random
 import signal
 import subprocess
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
-from conftest import eventually, free_port
+from conftest import eventually, fill, free_port, small_tmpfs
 
-from config_store.client.atomic import StateFileError
-from gateway_app.discord_sim import commands
-from gateway_app.discord_sim.app import DiscordSim, build_sim_app
-from gateway_app.discord_sim.moderation import ModerationState
-from gateway_app.discord_sim.persist import (
+from discord_sim import commands
+from discord_sim.app import DiscordSim, build_sim_app
+from discord_sim.moderation import ModerationState
+from discord_sim.persist import (
     MESSAGES_KEPT,
     MODERATION_FIELDS,
     SET_KEPT,
@@ -33,8 +33,9 @@ from gateway_app.discord_sim.persist import (
     load,
     read_state,
 )
-from gateway_app.discord_sim.server import start_sim
-from gateway_app.discord_sim.settings import TEST_SIGNING_SEED
+from discord_sim.server import start_sim
+from discord_sim.settings import TEST_SIGNING_SEED
+from modbot_runtime.atomic import StateFileError
 
 CLI = str(Path(sys.executable).parent / "modbot-ring")
 APP = 900000000000000001
@@ -154,6 +155,12 @@ async def test_a_corrupt_world_is_refused_by_name_never_reset(tmp_path):
 def test_serve_discord_sim_refuses_a_corrupt_world_in_one_line(tmp_path):
     state = tmp_path / "world.json"
     state.write_text("{not json")
+    assert "corrupt" in refused_by_serve(state)
+    assert state.read_text() == "{not json"
+
+
+def refused_by_serve(state: Path) -> str:
+    """``serve discord-sim`` on ``state`` exits 2 with one line naming the file: that line."""
     done = subprocess.run(
         [CLI, "serve", "discord-sim", "--port", str(free_port()), "--state-file", str(state)],
         capture_output=True,
@@ -162,8 +169,8 @@ def test_serve_discord_sim_refuses_a_corrupt_world_in_one_line(tmp_path):
     )
     assert done.returncode == 2, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and str(state) in lines[0] and "corrupt" in lines[0], done.stderr
-    assert state.read_text() == "{not json"
+    assert len(lines) == 1 and str(state) in lines[0], done.stderr
+    return lines[0]
 
 
 async def _hammer(url: str, stop: asyncio.Event) -> None:
@@ -177,7 +184,53 @@ async def _hammer(url: str, stop: asyncio.Event) -> None:
                     f"{url}/control/messages", json={"guild_id": gid, "count": 50}
                 ):
                     pass
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a yield, not a wait: the server gets its turn
+
+
+async def kill_9_mid_write(
+    state: Path, hammer: Callable[[str, asyncio.Event], Awaitable[None]], rng: random.Random
+) -> None:
+    """Run ``serve discord-sim`` on ``state``, let ``hammer`` change the world until the file
+    has grown by 20 kB, then kill -9 the process at a random moment."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        CLI,
+        "serve",
+        "discord-sim",
+        "--port",
+        str(port),
+        "--seed-guilds",
+        "1",
+        "--state-file",
+        str(state),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    stop = asyncio.Event()
+    task: asyncio.Task[None] | None = None
+    try:
+
+        async def up() -> bool:
+            with contextlib.suppress(aiohttp.ClientError):
+                async with aiohttp.ClientSession() as http, http.get(f"{url}/control/info") as r:
+                    return r.status == 200
+            return False
+
+        await eventually(up, timeout=30, interval=0.1)
+        task = asyncio.create_task(hammer(url, stop))
+        floor = state.stat().st_size if state.exists() else 0
+        await eventually(
+            lambda: state.exists() and state.stat().st_size > floor + 20_000, timeout=20
+        )
+        # the sleep is the test: the kill lands somewhere in a write, or between two
+        await asyncio.sleep(rng.uniform(0.0, 0.7))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        stop.set()
+        if task is not None:
+            await task
 
 
 @pytest.mark.slow
@@ -186,44 +239,7 @@ async def test_kill_9_mid_write_leaves_a_loadable_world(tmp_path):
     rng = random.Random(3)
     seen = 0
     for _ in range(4):
-        port = free_port()
-        proc = await asyncio.create_subprocess_exec(
-            CLI,
-            "serve",
-            "discord-sim",
-            "--port",
-            str(port),
-            "--seed-guilds",
-            "1",
-            "--state-file",
-            str(state),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        url = f"http://127.0.0.1:{port}"
-        stop = asyncio.Event()
-        hammer: asyncio.Task[None] | None = None
-        try:
-
-            async def up(url: str = url) -> bool:
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with (
-                        aiohttp.ClientSession() as http,
-                        http.get(f"{url}/control/info") as r,
-                    ):
-                        return r.status == 200
-                return False
-
-            await eventually(up, timeout=30, interval=0.1)
-            hammer = asyncio.create_task(_hammer(url, stop))
-            await eventually(lambda: state.exists() and state.stat().st_size > 20_000, timeout=20)
-            await asyncio.sleep(rng.uniform(0.0, 0.7))  # somewhere in a write, or between two
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            await proc.wait()
-            stop.set()
-            if hammer is not None:
-                await hammer
+        await kill_9_mid_write(state, _hammer, rng)
         world = world_of(state)  # loads: a whole version, old or new
         assert len(world.world.guilds) >= seen  # and nothing older than what it had
         seen = len(world.world.guilds)
@@ -232,35 +248,6 @@ async def test_kill_9_mid_write_leaves_a_loadable_world(tmp_path):
     assert len(running.sim.world.guilds) == seen
     assert not list(tmp_path.glob(".world.json.*.tmp"))  # a killed write's leftovers: gone
     assert seen > 20
-
-
-@contextlib.contextmanager
-def small_tmpfs(path: Path, size: str):
-    """A tmpfs of our own: a disk that fills up, and that the test can free again."""
-    path.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(directory: Path) -> Path:
-    filler = directory / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0" * 65536)
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(b"\0" * 512)
-    return filler
 
 
 async def test_a_full_disk_keeps_the_last_world_and_the_next_write_catches_up(tmp_path):
@@ -627,15 +614,7 @@ def test_serve_discord_sim_refuses_a_bad_moderation_section_in_one_line(tmp_path
     doc["moderation"]["bans"] = {"123": [str(2**64)]}
     state = tmp_path / "world.json"
     state.write_text(json.dumps(doc))
-    done = subprocess.run(
-        [CLI, "serve", "discord-sim", "--port", str(free_port()), "--state-file", str(state)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 2, done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and str(state) in lines[0] and "moderation.bans" in lines[0], done.stderr
+    assert "moderation.bans" in refused_by_serve(state)
 
 
 async def _moderate_hard(url: str, stop: asyncio.Event) -> None:
@@ -692,7 +671,7 @@ async def _moderate_hard(url: str, stop: asyncio.Event) -> None:
                         json={"name": f"t{n}"},
                         headers=BOT,
                     )
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # a yield, not a wait: the server gets its turn
 
 
 @pytest.mark.slow
@@ -703,48 +682,7 @@ async def test_kill_9_mid_write_keeps_the_moderation_state_loadable(tmp_path):
     rng = random.Random(7)
     seen_bans = seen_created = 0
     for _ in range(3):
-        port = free_port()
-        proc = await asyncio.create_subprocess_exec(
-            CLI,
-            "serve",
-            "discord-sim",
-            "--port",
-            str(port),
-            "--seed-guilds",
-            "1",
-            "--state-file",
-            str(state),
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
-        stop = asyncio.Event()
-        hammer: asyncio.Task[None] | None = None
-        try:
-
-            async def up(url: str = url) -> bool:
-                with contextlib.suppress(aiohttp.ClientError):
-                    async with (
-                        aiohttp.ClientSession() as http,
-                        http.get(f"{url}/control/info") as r,
-                    ):
-                        return r.status == 200
-                return False
-
-            await eventually(up, timeout=30, interval=0.1)
-            hammer = asyncio.create_task(_moderate_hard(url, stop))
-            floor = state.stat().st_size if state.exists() else 0
-            await eventually(
-                lambda floor=floor: state.exists() and state.stat().st_size > floor + 20_000,
-                timeout=20,
-            )
-            await asyncio.sleep(rng.uniform(0.0, 0.7))  # somewhere in a write, or between two
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            await proc.wait()
-            stop.set()
-            if hammer is not None:
-                await hammer
+        await kill_9_mid_write(state, _moderate_hard, rng)
         world = world_of(state)  # loads: a whole version, old or new
         mod = world.moderation
         assert mod is not None

@@ -26,11 +26,11 @@ import aiohttp
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 from aiohttp import web
-from conftest import free_port
+from conftest import AppServer, free_port
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
-from gateway_app.discord_sim.server import RunningSim, start_sim
+from discord_sim.server import RunningSim, start_sim
 
 SPEC_DIR = Path(__file__).resolve().parent / "spec"
 API = "/api/v10"
@@ -185,17 +185,8 @@ async def interactions_endpoint(
             return web.json_response({"error": "down"}, status=status)
         return web.Response(text='{"type": 1}', content_type="application/json")
 
-    app = web.Application()
-    app.router.add_post("/interactions", endpoint)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/interactions", seen
-    finally:
-        await runner.cleanup()
+    async with AppServer({("POST", "/interactions"): endpoint}) as url:
+        yield f"{url}/interactions", seen
 
 
 async def test_interactions_endpoint_url_is_checked_when_saved(sim: RunningSim) -> None:

@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import free_port
+from conftest import AppServer, free_port
 
-from config_store.cli import main as cli
-from gateway_app.discord_sim.server import RunningSim, start_sim
+from discord_sim.server import RunningSim, start_sim
+from modbot_cli.main import main as cli
 
 APP = 900000000000000001
 BOT = {"Authorization": "Bot sim-token"}
@@ -40,13 +40,8 @@ class Endpoint:
 async def world() -> AsyncIterator[tuple[RunningSim, Endpoint]]:
     sim = await start_sim(seed_guilds=2, port=free_port())
     endpoint = Endpoint()
-    app = web.Application()
-    app.router.add_post("/interactions", endpoint.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    endpoint.url = f"http://127.0.0.1:{port}/interactions"
+    server = AppServer({("POST", "/interactions"): endpoint.handle})
+    endpoint.url = f"{await server.start()}/interactions"
     async with (
         aiohttp.ClientSession() as http,
         http.put(
@@ -59,7 +54,7 @@ async def world() -> AsyncIterator[tuple[RunningSim, Endpoint]]:
     try:
         yield sim, endpoint
     finally:
-        await runner.cleanup()
+        await server.stop()
         await sim.stop()
 
 

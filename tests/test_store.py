@@ -2,6 +2,7 @@ import asyncio
 
 import pytest
 
+from config_store.api import status_for
 from config_store.store import Conflict, Invalid, NotFound, open_store
 from modbot_ring import PodState, RouteReason
 
@@ -20,7 +21,7 @@ async def store(database_url):
 async def test_migrations_are_idempotent(database_url):
     url, schema = database_url
     first = await open_store(url, schema=schema, migrate=False)
-    assert await first.migrate() == ["0001_initial", "0002_plan_versions"]
+    assert await first.migrate() == ["0001_initial", "0002_plan_versions", "0003_quota_placement"]
     assert await first.migrate() == []
     await first.close()
     again = await open_store(url, schema=schema)  # migrate at start: nothing to do
@@ -83,7 +84,7 @@ async def test_bulk_is_all_or_nothing(store):
 async def test_offline_and_draining_pods(store):
     await store.register_pod("gateway-0", "http://a", None, "t")
     await store.register_pod("gateway-1", "http://b", None, "t")
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.05)  # the sleep is the test: their heartbeats are 50 ms old
     assert await store.mark_offline(10.0) == []
     await store.heartbeat("gateway-0")
     gone = await store.mark_offline(0.0)
@@ -146,7 +147,8 @@ async def test_two_writers_racing_on_the_same_pin(database_url):
     )
     wins = [r for r in results if isinstance(r, int)]
     losses = [r for r in results if isinstance(r, Conflict)]
-    assert len(wins) == 1 and len(losses) == 1 and losses[0].status == 409
+    # the API answers a Conflict with 409 (statuses are decided at the HTTP edge)
+    assert len(wins) == 1 and len(losses) == 1 and status_for(losses[0]) == 409
     assert wins[0] == seen + 1 == await setup.version()
     audit = [(e.actor, e.outcome) for e in await setup.audit(2)]
     assert sorted(audit) in (
@@ -185,11 +187,11 @@ async def test_heartbeats_missed_while_the_database_was_down_do_not_count(store)
     health = store.db.health
     health.started -= 100  # the process has been watching for a while
     beat = (await store.pod("gateway-0")).last_heartbeat
-    await asyncio.sleep(0.3)
+    await asyncio.sleep(0.3)  # the sleep is the test: time without a heartbeat
     # the database was unreachable from just after the heartbeat until now
     health.outages.append((beat + 0.01, _time.time()))
     assert await store.mark_offline(0.2) == []  # inside the grace period after the outage
-    await asyncio.sleep(0.25)
+    await asyncio.sleep(0.25)  # the sleep is the test: past the grace period
     gone = await store.mark_offline(0.2)  # 0.25 s of reachable time without a heartbeat
     assert gone == ["gateway-0"]
 
@@ -203,8 +205,46 @@ async def test_a_plans_own_versions_are_not_foreign_changes(store):
     base = await store.version()
     await migrations.save_plan("p1", {"moves": []}, base, "t")
     started = await migrations.start(GID, "gateway-0", "gateway-1", "t", plan_id="p1")
-    await migrations.flip(started["id"], "t")
+    await migrations.flip(started.id, "t")
     assert await migrations.foreign_changes("p1", base) == []
     await store.set_pins([(GID + 1, "gateway-0", "")], [], "mallory")
     foreign = await migrations.foreign_changes("p1", base)
-    assert [(f["action"], f["actor"]) for f in foreign] == [("pin.set", "mallory")]
+    assert [(f.action, f.actor) for f in foreign] == [("pin.set", "mallory")]
+
+
+async def test_records_answer_the_json_the_api_always_answered(store):
+    """The store returns frozen records; their JSON is what the API answered when the
+    store returned dicts: the same keys, in the same order."""
+    from dataclasses import FrozenInstanceError
+
+    from config_store.store import MigrationStore
+
+    migrations = MigrationStore(store)
+    await store.register_pod("gateway-0", "http://a", None, "t")
+    await store.register_pod("gateway-1", "http://b", None, "t")
+    await store.set_pins([(GID, "gateway-0", "big guild")], [], "alice")
+    pin = await store.pin(GID)
+    assert list(pin.to_json()) == ["guild_id", "pod", "kind", "actor", "reason", "created_at"]
+    assert pin.to_json()["guild_id"] == str(GID) and await store.pins() == [pin]
+    with pytest.raises(FrozenInstanceError):
+        pin.pod = "gateway-1"  # type: ignore[misc]
+    base = await store.version()
+    await migrations.save_plan("p1", {"moves": []}, base, "t")
+    plan = await migrations.plan("p1")
+    assert list(plan.to_json()) == ["id", "created_at", "base_version", "state", "actor", "plan"]
+    assert (plan.base_version, plan.state, plan.plan) == (base, "draft", {"moves": []})
+    assert await migrations.plans() == [plan]
+    started = await migrations.start(GID + 1, "gateway-0", "gateway-1", "t", plan_id="p1")
+    columns = ["id", "plan_id", "guild_id", "shard", "source", "target", "state", "epoch"]
+    columns += ["created_at", "updated_at", "detail"]
+    assert list(started.to_json()) == [*columns, "version"]
+    assert started.version == await store.version() and started.guild_id == str(GID + 1)
+    got = await migrations.get(started.id)
+    assert list(got.to_json()) == columns
+    assert got.to_json() == {k: v for k, v in started.to_json().items() if k != "version"}
+    assert await migrations.list(plan_id="p1") == [got]
+    entry = (await store.audit(1))[0]
+    assert list(entry.to_json()) == ["id", "at", "actor", "action", "outcome", "version", "detail"]
+    assert entry.to_json()["at"].endswith("Z") and entry.action == "migration.start"
+    with pytest.raises(NotFound):
+        await store.pin(GID + 2)

@@ -1,21 +1,23 @@
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from conftest import ADMIN, PG_URL, READ, REDIS_URL, TcpCut, eventually, running_config
+from conftest import (
+    ADMIN,
+    PG_URL,
+    READ,
+    REDIS_URL,
+    TcpCut,
+    add_pods,
+    eventually,
+    nowhere,
+    running_config,
+)
 
-from config_store.client.redis_keys import table_key
-from config_store.client.table_client import NoTableYet, RoutingTableClient
+from modbot_client.redis_keys import table_key
+from modbot_client.table_client import NoTableYet, RoutingTableClient
 
 GID = 81384788765712384
 A = {"Authorization": f"Bearer {ADMIN}"}
-
-
-async def register(http, url, *names):
-    for name in names:
-        async with http.put(
-            f"{url}/v1/pods/{name}", json={"url": f"http://{name}:1"}, headers=A
-        ) as r:
-            assert r.status == 200
 
 
 async def pin(http, url, pod, gid=GID):
@@ -29,7 +31,7 @@ async def test_redis_pubsub_propagates_a_pin_in_milliseconds(pg_schema, redis_pr
         running_config(PG_URL, pg_schema, redis_url=REDIS_URL, redis_prefix=redis_prefix) as svc,
         aiohttp.ClientSession() as http,
     ):
-        await register(http, svc.url, "gateway-0", "gateway-1")
+        await add_pods(svc.url, nowhere("gateway-0", "gateway-1"))
         client = RoutingTableClient(
             redis_url=REDIS_URL, redis_prefix=redis_prefix, poll_interval=30
         )
@@ -44,11 +46,10 @@ async def test_redis_pubsub_propagates_a_pin_in_milliseconds(pg_schema, redis_pr
 
 
 async def test_a_lost_announcement_is_caught_by_the_version_poll(pg_schema, redis_prefix):
-    async with (
-        running_config(PG_URL, pg_schema, redis_url=REDIS_URL, redis_prefix=redis_prefix) as svc,
-        aiohttp.ClientSession() as http,
-    ):
-        await register(http, svc.url, "gateway-0", "gateway-1")
+    async with running_config(
+        PG_URL, pg_schema, redis_url=REDIS_URL, redis_prefix=redis_prefix
+    ) as svc:
+        await add_pods(svc.url, nowhere("gateway-0", "gateway-1"))
         client = RoutingTableClient(
             redis_url=REDIS_URL, redis_prefix=redis_prefix, poll_interval=0.2
         )
@@ -70,7 +71,7 @@ async def test_redis_down_keeps_the_last_table_falls_back_and_recovers(pg_schema
         running_config(PG_URL, pg_schema, redis_url=own_redis.url, redis_prefix=prefix) as svc,
         aiohttp.ClientSession() as http,
     ):
-        await register(http, svc.url, "gateway-0", "gateway-1")
+        await add_pods(svc.url, nowhere("gateway-0", "gateway-1"))
         version = await pin(http, svc.url, "gateway-0")
         client = RoutingTableClient(
             redis_url=own_redis.url,
@@ -104,7 +105,7 @@ async def test_redis_down_keeps_the_last_table_falls_back_and_recovers(pg_schema
 
 async def test_embedded_mode_long_poll_without_redis(tmp_path):
     async with running_config(f"sqlite:///{tmp_path}/c.db") as svc, aiohttp.ClientSession() as http:
-        await register(http, svc.url, "gateway-0", "gateway-1")
+        await add_pods(svc.url, nowhere("gateway-0", "gateway-1"))
         client = RoutingTableClient(config_url=svc.url, read_token=READ, poll_interval=30)
         await client.start(timeout=5)
         version = await pin(http, svc.url, "gateway-1")
@@ -129,7 +130,7 @@ async def test_postgres_unreachable_writes_503_reads_still_served(pg_schema, red
         running_config(url, pg_schema, redis_url=REDIS_URL, redis_prefix=redis_prefix) as svc,
         aiohttp.ClientSession() as http,
     ):
-        await register(http, svc.url, "gateway-0", "gateway-1")
+        await add_pods(svc.url, nowhere("gateway-0", "gateway-1"))
         await pin(http, svc.url, "gateway-1")
         client = RoutingTableClient(
             redis_url=REDIS_URL,

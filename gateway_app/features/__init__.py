@@ -10,6 +10,9 @@ A feature module has:
   ``runtime.tick`` seconds by :func:`run` on every pod, for the guilds
   ``runtime.can_act`` allows: owned here and not frozen/held by a migration.
 
+Feature modules import what they share from :mod:`.runtime` (:class:`Runtime`,
+:func:`refuse`), never from this package: it imports them.
+
 Component interactions (type 3) reach :func:`_dispatch_component` through discord.py's
 ``interaction`` event: the first ``|``-separated part of the ``custom_id`` names the
 handler. Every component interaction gets an answer; an unknown one is refused ephemerally.
@@ -18,75 +21,38 @@ handler. Every component interaction gets an answer; an unknown one is refused e
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Coroutine
 from types import ModuleType
 from typing import Any
 
 import discord
 from discord import app_commands
 
+from ..events import GatewayEvent
 from ..storage import GuildStore
+from .runtime import (
+    CUSTOM_ID_MAX,
+    ComponentHandler,
+    EventFilter,
+    EventObserver,
+    Runtime,
+    refuse,
+)
+
+__all__ = [
+    "CUSTOM_ID_MAX",
+    "ComponentHandler",
+    "EventFilter",
+    "EventObserver",
+    "Runtime",
+    "install",
+    "observe",
+    "refuse",
+    "run",
+    "runtime_of",
+]
 
 log = logging.getLogger("modbot.gateway.features")
-
-ComponentHandler = Callable[["Runtime", discord.Interaction, list[str]], Awaitable[None]]
-EventObserver = Callable[["Runtime", int, dict[str, Any]], Awaitable[None]]
-CUSTOM_ID_MAX = 100  # Discord's limit
-
-
-class Runtime:
-    """What features share on a pod: the store, the REST client, ownership, settings."""
-
-    def __init__(self, client: discord.Client, store: GuildStore | None) -> None:
-        self.client = client
-        self._store = store
-        # set by the pod (server.Pod.start); the defaults serve a pod-less client (tests)
-        self.can_act: Callable[[int], bool] = lambda _guild: True
-        self.ready: Callable[[], bool] = lambda: True
-        self.escalation_timeout = 36 * 3600.0  # mod-bot: 36 h with no votes
-        self.tick = 10.0
-        self.delivery_attempts = 5
-        self.components: dict[str, ComponentHandler] = {}
-        # (event kind, cheap synchronous pre-check or None, observer)
-        self.observers: list[
-            tuple[str, Callable[[int, dict[str, Any]], bool] | None, EventObserver]
-        ] = []
-        self._tasks: set[asyncio.Task[Any]] = set()
-
-    @property
-    def store(self) -> GuildStore:
-        assert self._store is not None, "this command client has no store (definitions only)"
-        return self._store
-
-    def on_component(self, prefix: str, handler: ComponentHandler) -> None:
-        self.components[prefix] = handler
-
-    def on_event(
-        self,
-        observer: EventObserver,
-        kind: str,
-        wants: Callable[[int, dict[str, Any]], bool] | None = None,
-    ) -> None:
-        """``observer(runtime, guild_id, event)`` for each gateway event of ``kind`` written
-        here, unless ``wants(guild_id, event)`` says no. Both are checked before a task is
-        made: a task per event per feature costs the gateway a quarter of its ingest rate
-        (``benchmarks/gateway_bench.py``: 11,300 -> 8,500 events/s)."""
-        self.observers.append((kind, wants, observer))
-
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        """Run ``coro`` in the background, keeping a reference until it ends."""
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
 
 
 def _modules() -> list[ModuleType]:
@@ -126,33 +92,30 @@ def runtime_of(client: discord.Client) -> Runtime:
 MAX_OBSERVING = 1000  # observer tasks at once; past it, events are not observed (logged)
 
 
-def observe(client: discord.Client, guild_id: int, event: dict[str, Any]) -> None:
+def observe(client: discord.Client, guild_id: int, event: GatewayEvent) -> None:
     """Show a written gateway event to the features that act on events (in the background:
     the gateway's handler does not wait for Discord)."""
     runtime = getattr(client, _RUNTIME, None)
-    if not isinstance(runtime, Runtime) or not runtime.observers or not runtime.ready():
+    if not isinstance(runtime, Runtime) or not runtime.observers:
+        return
+    wanted = runtime.observers.get(type(event))
+    if not wanted or not runtime.ready():
         return
     if len(runtime._tasks) >= MAX_OBSERVING:
         log.warning("features busy: event of guild %s not observed", guild_id)
         return
-    kind = event.get("kind")
-    for wanted, wants, observer in runtime.observers:
-        if wanted == kind and (wants is None or wants(guild_id, event)):
+    for wants, observer in wanted:
+        if wants is None or wants(guild_id, event):
             runtime.spawn(_observed(observer, runtime, guild_id, event))
 
 
 async def _observed(
-    observer: EventObserver, runtime: Runtime, guild_id: int, event: dict[str, Any]
+    observer: EventObserver[Any], runtime: Runtime, guild_id: int, event: GatewayEvent
 ) -> None:
     try:
         await observer(runtime, guild_id, event)
     except Exception:
         log.exception("feature observer failed for guild %s", guild_id)
-
-
-async def refuse(interaction: discord.Interaction, text: str) -> None:
-    if not interaction.response.is_done():
-        await interaction.response.send_message(text, ephemeral=True)
 
 
 async def _dispatch_component(runtime: Runtime, interaction: discord.Interaction) -> None:

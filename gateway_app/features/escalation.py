@@ -35,11 +35,11 @@ import aiohttp
 import discord
 from discord import app_commands
 
-from config_store.client.monolith_schema import Skip, seconds
+from modbot_client.monolith_schema import Skip, seconds
 
 from ..discordpy import ban_member, kick_member, role_ids, timeout_member
 from ..storage import GuildStore
-from . import Runtime, refuse
+from .runtime import Runtime, refuse
 
 log = logging.getLogger("modbot.gateway.escalation")
 

@@ -10,8 +10,8 @@ import discord
 from discord import app_commands
 
 from ..discordpy import ban_member
-from . import Runtime, refuse
 from .escalation import moderator_settings, protected
+from .runtime import Runtime, refuse
 
 
 def register(tree: app_commands.CommandTree[Any], runtime: Runtime) -> None:

@@ -7,7 +7,7 @@ migrations). The check runs on the pod that owns the guild, for the messages it 
 (``features.observe``); the channels are cached per guild for ``CACHE_SECONDS``, so a
 message costs no query (a message in a trap reads the moderator role, uncached). The
 owner and members whose roles grant Administrator, Manage Server or Ban Members are
-spared too (``event["staff"]``, from the gateway cache). The ban is recorded like any
+spared too (``event.staff``, from the gateway cache). The ban is recorded like any
 other (GUILD_BAN_ADD, audit log).
 
 The decision is durable before the ban is made: a ``pending`` row in ``honeypot_bans`` (a
@@ -29,9 +29,10 @@ import discord
 from discord import app_commands
 
 from ..discordpy import ban_member
+from ..events import MessageCreated
 from ..storage import StorageUnavailable
-from . import Runtime, refuse
 from .escalation import LIVE
+from .runtime import Runtime, refuse
 
 CACHE_SECONDS = 30.0
 DELETE_SECONDS = 3600  # the spam of the last hour goes with the ban
@@ -55,13 +56,13 @@ async def channels_of(runtime: Runtime, guild_id: int) -> frozenset[int]:
     return channels
 
 
-def maybe_trap(guild_id: int, event: dict[str, Any]) -> bool:
+def maybe_trap(guild_id: int, event: MessageCreated) -> bool:
     """Synchronous pre-check: False only when the cached trap list is fresh and the
     message's channel is not on it (nearly every message: no task is made for it)."""
     hit = _cache.get(guild_id)
     if hit is None or time.monotonic() - hit[0] >= CACHE_SECONDS:
         return True  # unknown: the observer reads the list (and caches it)
-    return int(event.get("channel_id") or 0) in hit[1]
+    return event.channel_id in hit[1]
 
 
 async def moderator_role(runtime: Runtime, guild_id: int) -> int | None:
@@ -98,33 +99,31 @@ def register(tree: app_commands.CommandTree[Any], runtime: Runtime) -> None:
         )
         await refuse(interaction, f"<#{channel.id}> is now a honeypot.")
 
-    runtime.on_event(on_event, "message", maybe_trap)
+    runtime.on_event(on_event, MessageCreated, maybe_trap)
 
 
 log = logging.getLogger("modbot.features.honeypot")
 
 
-async def on_event(runtime: Runtime, guild_id: int, event: dict[str, Any]) -> None:
-    if event.get("kind") != "message":
+async def on_event(runtime: Runtime, guild_id: int, event: MessageCreated) -> None:
+    if event.channel_id not in await channels_of(runtime, guild_id):
         return
-    if int(event["channel_id"]) not in await channels_of(runtime, guild_id):
-        return
-    if event.get("staff"):
+    if event.staff:
         return  # the owner, administrators, members who may ban anyway
-    if "staff" in event and event["staff"] is None:
+    if event.staff is None:
         # who posted is unknown (the guild is not in the gateway cache): a moderator must
         # never be banned by a trap, so this one is let through and logged
         log.warning(
             "honeypot in guild %s: author %s not cached, not banned",
             guild_id,
-            event.get("author_id"),
+            event.author_id,
         )
         return
     role = await moderator_role(runtime, guild_id)
-    if role is not None and role in (event.get("roles") or []):
+    if role is not None and role in event.roles:
         return  # moderators may post there (the warning, a test)
-    user = int(event["author_id"])
-    reason = f"honeypot: posted in channel {event['channel_id']}"
+    user = event.author_id
+    reason = f"honeypot: posted in channel {event.channel_id}"
     store = runtime.store
     store.enqueue(  # the decision first, durably (not into a guild a migration froze)
         "INSERT INTO honeypot_bans (guild_id, user_id, reason, decided_at, attempts, next_try,"

@@ -28,8 +28,9 @@ import discord
 from discord import app_commands
 
 from ..discordpy import fetch_message
-from . import Runtime, refuse
+from ..events import ReactionAdded
 from .escalation import iso
+from .runtime import Runtime, refuse
 
 CACHE_SECONDS = 30.0
 LEASE_SECONDS = 5.0  # a pending claim older than this is taken over by ``tick``
@@ -108,30 +109,28 @@ def register(tree: app_commands.CommandTree[Any], runtime: Runtime) -> None:
         _configs.pop(gid, None)
         await refuse(interaction, f"Messages reaching {threshold} x {emoji} go to <#{channel.id}>.")
 
-    runtime.on_event(on_event, "reaction")
+    runtime.on_event(on_event, ReactionAdded)
 
 
-async def on_event(runtime: Runtime, gid: int, event: dict[str, Any]) -> None:
-    if event.get("kind") != "reaction":
-        return
-    config = (await configs_of(runtime, gid)).get(str(event["emoji"]))
+async def on_event(runtime: Runtime, gid: int, event: ReactionAdded) -> None:
+    config = (await configs_of(runtime, gid)).get(event.emoji)
     if config is None:
         return
     target, threshold = config
-    message_id, channel_id = int(event["message_id"]), int(event["channel_id"])
+    message_id, channel_id = event.message_id, event.channel_id
     if channel_id == target:
         return  # a forwarded copy being reacted to: never forwarded again
     message = await fetch_message(runtime.client, channel_id, message_id)
     count = sum(
         int(r.get("count") or 0)
         for r in message.get("reactions") or []
-        if isinstance(r, dict) and emoji_key(r.get("emoji") or {}) == event["emoji"]
+        if isinstance(r, dict) and emoji_key(r.get("emoji") or {}) == event.emoji
     )
     if count < threshold:
         return
-    token = await claim(runtime, gid, message_id, channel_id, event["emoji"], target)
+    token = await claim(runtime, gid, message_id, channel_id, event.emoji, target)
     if token is not None:
-        await forward(runtime, gid, channel_id, message_id, event["emoji"], target, token, message)
+        await forward(runtime, gid, channel_id, message_id, event.emoji, target, token, message)
 
 
 def nonce_of(gid: int, message_id: int, emoji: str) -> str:

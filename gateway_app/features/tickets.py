@@ -17,7 +17,7 @@ import discord
 from discord import app_commands
 
 from ..discordpy import add_thread_member, close_thread, create_private_thread, role_ids
-from . import Runtime, refuse
+from .runtime import Runtime, refuse
 
 PREFIX = "ticket"
 REOPEN_SECONDS = 30.0

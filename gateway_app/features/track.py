@@ -16,8 +16,8 @@ import discord
 from discord import app_commands
 
 from ..discordpy import create_thread
-from . import Runtime, refuse
 from .escalation import iso, moderator_settings
+from .runtime import Runtime, refuse
 
 # a member's text copied by the bot must not ping (@everyone, roles, users)
 QUIET = discord.AllowedMentions.none()
