@@ -376,9 +376,14 @@ class ShardSupervisor:
                 with contextlib.suppress(Exception, asyncio.CancelledError, TimeoutError):
                     await asyncio.wait_for(asyncio.shield(session.task), 5)
         if session.task is not None and not session.task.done():
-            session.task.cancel()  # still logging in or waiting for the IDENTIFY gate
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await session.task
+            # Still logging in or waiting for the IDENTIFY gate. The client is closed first:
+            # a cancellation that lands in discord.py's re-IDENTIFY (after INVALID_SESSION)
+            # is swallowed there, and its loop then waits for the item close() queues.
+            if session.client is not None:
+                with contextlib.suppress(Exception):
+                    await session.client.close()
+            session.task.cancel()
+            await asyncio.wait({session.task}, timeout=5)  # never wait on it for good
         if session.client is not None:
             with contextlib.suppress(Exception):
                 await session.client.close()

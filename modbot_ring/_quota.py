@@ -39,7 +39,9 @@ import hashlib
 import heapq
 import sys
 import zlib
+from collections import Counter
 from collections.abc import Sequence
+from functools import lru_cache
 from itertools import repeat
 from operator import and_, mul
 
@@ -54,11 +56,13 @@ _TIE_SEED = b"modbot-ring/quota/v1\x00"
 _ENCODED_MAX = 4 * UNITS  # a base64 assignment longer than this is refused unread
 
 
+@lru_cache(maxsize=1)
 def order() -> array.array[int]:
     """Position -> unit: the fixed order in which units are kept, released and dealt."""
     return array.array("H", map(and_, map(mul, range(UNITS), repeat(_STEP)), repeat(_MASK)))
 
 
+@lru_cache(maxsize=1)
 def position_of_unit() -> array.array[int]:
     """Unit -> position in :func:`order` (its inverse)."""
     return array.array("H", map(and_, map(mul, range(UNITS), repeat(_STEP_INV)), repeat(_MASK)))
@@ -194,14 +198,11 @@ def decode(text: object, scaled: Sequence[int], ranks: Sequence[int]) -> array.a
     if sys.byteorder == "big":
         owners.byteswap()
     n = len(scaled)
-    counts = [0] * (n + 1)
-    try:
-        for owner in owners:
-            counts[owner] += 1
-    except IndexError:
-        raise ValueError(f"assignment: names node {max(owners)} of {n}") from None
-    if counts[0]:
-        raise ValueError(f"assignment: {counts[0]} units have no owner")
-    if counts[1:] != seats(scaled, ranks):
+    tally = Counter(owners)  # C speed
+    if max(tally) > n:
+        raise ValueError(f"assignment: names node {max(tally)} of {n}")
+    if tally[0]:
+        raise ValueError(f"assignment: {tally[0]} units have no owner")
+    if [tally[i] for i in range(1, n + 1)] != seats(scaled, ranks):
         raise ValueError("assignment: the owners' counts do not match the weights")
     return owners

@@ -269,8 +269,11 @@ class HashRing:
             self._points, self._owners = _ketama_continuum(frozen)
         elif self._algorithm is Algorithm.QUOTA and frozen:
             self._names = ("", *(name for name, _ in frozen))
-            self._order = _quota_owners(frozen, previous, assignment)
-            self._index = _quota_index(self._order, len(frozen))
+            if assignment is not None:  # a snapshot reloaded: the same text, the same ring
+                self._order, self._index = _quota_loaded(frozen, assignment)
+            else:
+                self._order = _quota_owners(frozen, previous, assignment)
+                self._index = _quota_index(self._order, len(frozen))
         elif assignment is not None:
             raise ValueError("an assignment needs nodes")
 
@@ -707,6 +710,16 @@ def _quota_owners(
     number = {name: i for i, name in enumerate(names, 1)}
     carry = [number.get(name, 0) for name in previous._names]
     return _quota.assign(previous._order, carry, owed)
+
+
+@lru_cache(maxsize=8)
+def _quota_loaded(
+    weights: tuple[tuple[str, float], ...], assignment: str
+) -> tuple[array.array[int], bytes | array.array[int]]:
+    """A reloaded quota placement and its lookup table, cached like ``_slot_table``: every
+    table snapshot carries the assignment, and a pin change does not alter it."""
+    in_order = _quota_owners(weights, None, assignment)
+    return in_order, _quota_index(in_order, len(weights))
 
 
 def _quota_index(in_order: array.array[int], count: int) -> bytes | array.array[int]:

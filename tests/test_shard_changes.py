@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -454,6 +455,31 @@ async def test_two_pods_in_one_bucket_get_op9_once_and_both_connect(sim: Running
         await b.supervisor.stop()
 
 
+async def test_a_shard_waiting_to_identify_again_does_not_hold_up_the_stop(
+    sim: RunningSim,
+) -> None:
+    """A shard told INVALID_SESSION waits in the gate inside discord.py's re-IDENTIFY,
+    which swallows a cancellation: stopping must still end at once (a pod's SIGTERM),
+    not when the orchestrator's SIGKILL comes."""
+    sim.sim.limits.set(max_concurrency=1)
+    a, b = PodHarness(sim), PodHarness(sim)
+    try:
+        await a.apply({0}, count=2)  # bucket 0 used: b's IDENTIFY of shard 1 gets op 9
+        applying = asyncio.create_task(b.supervisor.apply(FakeTable(2, (1,), 1)))
+        await eventually(lambda: b.supervisor.gate.bucket_waits >= 1, timeout=10)
+        assert sim.sim.gateway_counts["refused"]["concurrency"] == 1
+        started = time.monotonic()
+        await asyncio.wait_for(b.supervisor.stop(), 10)
+        assert time.monotonic() - started < 3
+        applying.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await applying
+        assert sim.sim.gateway_counts["identifies"] == 1  # b never identified again
+    finally:
+        await a.supervisor.stop()
+        await b.supervisor.stop()
+
+
 async def test_metrics_report_shard_changes_and_the_identify_budget(
     sim: RunningSim, pod: PodHarness
 ) -> None:
@@ -475,6 +501,12 @@ async def test_metrics_report_shard_changes_and_the_identify_budget(
 # -- end to end: 100 pin changes on one pod of a running stack ------------------------------------------
 
 
+# 16 shards, 8 of them movable: a shard is pinned again every 16 changes, by when its
+# IDENTIFY bucket's 5 s window has mostly passed (with 8, every shard waited it out each
+# time: most of the test's 73 s was Discord's pacing, not the pod's work)
+SHARDS = 16
+
+
 @pytest.mark.slow
 async def test_100_pin_changes_on_one_pod_identify_only_added_shards(
     tmp_path: Any, pg_schema: str, redis_prefix: str
@@ -488,14 +520,14 @@ async def test_100_pin_changes_on_one_pod_identify_only_added_shards(
         pg_schema,
         pods=2,
         guilds=0,
-        shard_count=8,
+        shard_count=SHARDS,
         redis_url=REDIS_URL,
         redis_prefix=redis_prefix,
     ) as stack:
         http, sim = stack.http, stack.sim
-        for shard in range(8):
+        for shard in range(SHARDS):
             for j in range(2):
-                body = {"guild_id": str(guild_on(shard, j)), "name": f"g{shard}-{j}"}
+                body = {"guild_id": str(guild_on(shard, j, SHARDS)), "name": f"g{shard}-{j}"}
                 async with http.post(f"{sim.url}/control/guilds", json=body) as r:
                     assert r.status == 200, await r.text()
         await stack.converge()
@@ -507,13 +539,14 @@ async def test_100_pin_changes_on_one_pod_identify_only_added_shards(
         own0, own1 = set(table.shards_for("gateway-0")), set(table.shards_for("gateway-1"))
         movable = sorted(own1 - own0)
         assert movable, f"gateway-1 holds shards gateway-0 does not: {own0} {own1}"
-        pinned = [guild_on(s, 0) for s in movable]
-        steady = [g for g in (guild_on(s, j) for s in range(8) for j in (0, 1)) if g not in pinned]
+        pinned = [guild_on(s, 0, SHARDS) for s in movable]
+        every = (guild_on(s, j, SHARDS) for s in range(SHARDS) for j in (0, 1))
+        steady = [g for g in every if g not in pinned]
         pod0 = stack.pods["gateway-0"]
         before = dict(sim.sim.gateway_counts, refused=dict(sim.sim.gateway_counts["refused"]))
         identifies_before = before["identifies"]
         sockets = {sid: s.ws for sid, s in sim.sim.sessions.items() if s.ws is not None}
-        assert len(sockets) == len(own0 | own1) == 8
+        assert len(sockets) == len(own0 | own1) == SHARDS
 
         sent: Counter[int] = Counter()
         stop = asyncio.Event()
@@ -543,7 +576,7 @@ async def test_100_pin_changes_on_one_pod_identify_only_added_shards(
                 guild = pinned[(i // 2) % len(pinned)]
                 if i % 2 == 0:  # pin onto gateway-0: its shard set grows by one
                     version = await stack.pin(guild, "gateway-0")
-                    wanted = own0 | {shard_of(guild)}
+                    wanted = own0 | {shard_of(guild, SHARDS)}
                     added += 1
                 else:  # unpin: it shrinks back
                     async with http.delete(
