@@ -16,7 +16,10 @@ from .store import MigrationStore, Store
 log = logging.getLogger("modbot.config.migrator")
 
 
-class Placement:
+class MigratorPart:
+    """What the migrator's parts (placement, planning) work with: the store, the
+    migrations, the table publisher and the pods' clients."""
+
     def __init__(
         self,
         store: Store,
@@ -29,6 +32,8 @@ class Placement:
         self.publisher = publisher
         self.pods = pods
 
+
+class Placement(MigratorPart):
     async def drain(self, pod: str, actor: str, expected_version: int | None = None) -> int:
         """Stop placing ring load on ``pod`` without moving anything: in the same table
         version every shard is pinned where it is (as when a pod joins), and on a

@@ -18,9 +18,8 @@ from modbot_ring import Move, PlanLimits, PodState, RoutingTable, plan_rebalance
 
 from .errors import Conflict, NotFound, PodCallError, PodUnavailable
 from .loads import collect
-from .pod_calls import PodCalls, current_table
-from .publisher import TablePublisher
-from .store import MigrationStore, Store
+from .placement import MigratorPart
+from .pod_calls import current_table
 
 # What a plan's LOAD numbers are (printed by `plan`; /ops shows the balancer's events/s).
 LOAD_UNIT = "events/s (a guild a pod holds counts at least 1)"
@@ -46,19 +45,7 @@ def _current_assignment(table: RoutingTable) -> dict[str, Any]:
     }
 
 
-class PlanMaker:
-    def __init__(
-        self,
-        store: Store,
-        migrations: MigrationStore,
-        publisher: TablePublisher,
-        pods: PodCalls,
-    ) -> None:
-        self.store = store
-        self.migrations = migrations
-        self.publisher = publisher
-        self.pods = pods
-
+class PlanMaker(MigratorPart):
     async def generate_plan(
         self,
         *,
